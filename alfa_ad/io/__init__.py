@@ -1,0 +1,1 @@
+"""Image input/output: robust loading, atomic writes and anomaly-map overlays."""

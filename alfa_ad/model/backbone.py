@@ -1,0 +1,313 @@
+"""One place for everything that touches open_clip's CLIP.
+
+The detector needs four things from CLIP, all exposed here:
+
+* ``encode_text``: prompt embeddings;
+* ``tokens``: the image tokens after patch + positional embedding (WinCLIP's
+  windows start from these);
+* ``penultimate``: the token sequence entering the last transformer block (the
+  fine-grained aligner starts from it), and ``global_embedding`` on top of it;
+* ``local_embeddings`` / ``masked_window_embeddings``: per-window embeddings for
+  ALFA's aligner and for WinCLIP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+DEFAULT_MODEL = "ViT-B-16-plus-240"
+DEFAULT_PRETRAINED = "laion400m_e31"
+WEIGHT_CHOICES = ("pretrained", "random", "planted")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Raised when the requested CLIP weights cannot be obtained."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where the weights came from; printed on every output."""
+
+    model_name: str
+    source: str  # "pretrained" | "checkpoint" | "random" | "planted" | "custom"
+    detail: str = ""
+
+    @property
+    def meaningful(self) -> bool:
+        """True for trained weights (pretrained tag or a checkpoint file)."""
+        return self.source in ("pretrained", "checkpoint")
+
+    @property
+    def label(self) -> str:
+        if self.source == "random":
+            return f"random weights ({self.model_name}, {self.detail}) - scores are not meaningful"
+        if self.source == "planted":
+            return f"planted weights (hand-constructed test model, {self.detail}) - not a real CLIP"
+        if self.source == "custom":
+            return f"custom weights ({self.model_name}{', ' + self.detail if self.detail else ''})"
+        return f"{self.source} weights {self.model_name} ({self.detail})"
+
+    def as_dict(self) -> dict:
+        return {"model": self.model_name, "source": self.source, "detail": self.detail, "label": self.label}
+
+
+def auto_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ClipBackbone:
+    """A CLIP model from open_clip plus its tokenizer and preprocessing constants."""
+
+    def __init__(
+        self,
+        clip: torch.nn.Module,
+        tokenizer,
+        weights: WeightsInfo,
+        device: str | torch.device | None = None,
+        half: bool | None = None,
+    ) -> None:
+        self.device = auto_device(str(device) if device is not None else None)
+        half = self.device.type == "cuda" if half is None else half
+        self.dtype = torch.float16 if half else torch.float32
+        self.clip = clip.to(self.device, self.dtype).eval()
+        self.tokenizer = tokenizer
+        self.weights = weights
+        visual = self.clip.visual
+        if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "transformer"):
+            raise ValueError(f"{weights.model_name}: only ViT CLIP models with class-token pooling are supported")
+        block = visual.transformer.resblocks[-1]
+        if not isinstance(getattr(block, "attn", None), torch.nn.MultiheadAttention):
+            raise ValueError(f"{weights.model_name}: the last vision block must use nn.MultiheadAttention")
+        size = visual.image_size
+        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        self.grid = tuple(visual.grid_size)
+        cfg = getattr(visual, "preprocess_cfg", {}) or {}
+        self.mean = tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
+        self.std = tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ text
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the text tower's weights (cache key for text embeddings).
+
+        A blake2b digest over every text-tower tensor's name, shape, sum and a
+        strided sample of its values: cheap, and distinct for distinct weights.
+        """
+        if self._fingerprint is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(self.weights.model_name.encode())
+            for name, t in sorted(self.clip.state_dict().items()):
+                if name.startswith("visual."):
+                    continue
+                flat = t.detach().float().flatten().cpu()
+                h.update(f"{name}{tuple(t.shape)}{flat.sum().item():.6e}".encode())
+                h.update(flat[:: max(1, flat.numel() // 4096)].numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Raw (unnormalised) text embeddings ``(N, D)`` as float32 on CPU."""
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            tokens = self.tokenizer(list(prompts[i : i + batch_size])).to(self.device)
+            out.append(self.clip.encode_text(tokens).float().cpu())
+        if not out:
+            return torch.zeros(0, self.embed_dim)
+        return torch.cat(out)
+
+    @property
+    def embed_dim(self) -> int:
+        proj = self.clip.visual.proj
+        return proj.shape[1] if proj is not None else self.clip.visual.transformer.width
+
+    # ----------------------------------------------------------------- image
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Resize (bicubic, whole image, no crop) to the model size and normalise."""
+        h, w = self.image_size
+        arrays = [np.asarray(im.convert("RGB").resize((w, h), Image.BICUBIC), dtype=np.float32) for im in images]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.device, self.dtype)
+
+    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Class + patch tokens after positional embedding, before ``ln_pre``: ``(B, 1+P, W)``."""
+        v = self.clip.visual
+        x = v.conv1(pixels.to(self.device, self.dtype))
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+
+    def penultimate(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run ``ln_pre`` and every block but the last: the last block's input ``z^{L-1}``."""
+        v = self.clip.visual
+        x = v.ln_pre(tokens)
+        for block in v.transformer.resblocks[:-1]:
+            x = block(x)
+        return x
+
+    def head(self, cls: torch.Tensor) -> torch.Tensor:
+        """``ln_post`` and the projection into the joint space (float32 out)."""
+        v = self.clip.visual
+        x = v.ln_post(cls)
+        if v.proj is not None:
+            x = x @ v.proj
+        return x.float()
+
+    def global_embedding(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Finish the forward pass from ``z^{L-1}``: ``(image embedding (B, D), last tokens (B, 1+P, W))``."""
+        out = self.clip.visual.transformer.resblocks[-1](z)
+        return self.head(out[:, 0]), out
+
+    def local_embeddings(self, z: torch.Tensor, windows: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+        """ALFA's local embeddings: the class token's path through the last block with
+        its attention restricted to the class token and the window's patches.
+
+        This is the value re-configuration ``W_T v_G = v_L`` of docs/method.md: the
+        softmax attention of the class query is renormalised over ``{cls} U window``,
+        everything else of the block (out-projection, residual, MLP, ``ln_post``,
+        projection) is unchanged, so a window covering every patch gives exactly the
+        global embedding.
+
+        Args:
+            z: ``(B, 1+P, W)`` input of the last block.
+            windows: ``(n, k)`` patch indices per window.
+
+        Returns:
+            ``(B, n, D)`` float32.
+        """
+        block = self.clip.visual.transformer.resblocks[-1]
+        attn: torch.nn.MultiheadAttention = block.attn
+        b, t, width = z.shape
+        heads = attn.num_heads
+        dh = width // heads
+        h = block.ln_1(z)
+        wq, wk, wv = attn.in_proj_weight.chunk(3)
+        bq, bk, bv = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
+        q = F.linear(h[:, :1], wq, bq).view(b, 1, heads, dh)
+        k = F.linear(h, wk, bk).view(b, t, heads, dh)
+        v = F.linear(h, wv, bv).view(b, t, heads, dh)
+        logits = (k * q).sum(-1) / math.sqrt(dh)  # (B, T, heads)
+        idx = torch.cat([torch.zeros(windows.shape[0], 1, dtype=torch.long), windows.long() + 1], 1).to(z.device)
+        outs = []
+        for s in range(0, idx.shape[0], chunk):
+            ix = idx[s : s + chunk]
+            a = logits[:, ix].float().softmax(dim=2).to(v.dtype)  # (B, n, k+1, heads)
+            mixed = (a.unsqueeze(-1) * v[:, ix]).sum(2).reshape(b, ix.shape[0], width)
+            x = z[:, :1] + block.ls_1(attn.out_proj(mixed))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+            outs.append(self.head(x))
+        return torch.cat(outs, 1)
+
+    def masked_window_embeddings(self, tokens: torch.Tensor, windows: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """WinCLIP's window embeddings: keep the class token and the window's patch
+        tokens, drop the rest, and run ``ln_pre``, the whole transformer and the head.
+
+        Args:
+            tokens: ``(B, 1+P, W)`` from :meth:`tokens`.
+            windows: ``(n, k)`` patch indices per window.
+
+        Returns:
+            ``(B, n, D)`` float32.
+        """
+        v = self.clip.visual
+        b = tokens.shape[0]
+        idx = torch.cat([torch.zeros(windows.shape[0], 1, dtype=torch.long), windows.long() + 1], 1).to(tokens.device)
+        outs = []
+        for s in range(0, idx.shape[0], chunk):
+            ix = idx[s : s + chunk]
+            x = tokens[:, ix].reshape(b * ix.shape[0], ix.shape[1], -1)
+            x = v.transformer(v.ln_pre(x))
+            outs.append(self.head(x[:, 0]).view(b, ix.shape[0], -1))
+        return torch.cat(outs, 1)
+
+
+# --------------------------------------------------------------------- loading
+def _create(model_name: str, pretrained: str | None):
+    import open_clip
+
+    if model_name not in open_clip.list_models():
+        raise ValueError(
+            f"unknown open_clip model {model_name!r}; see open_clip.list_models() (default {DEFAULT_MODEL})"
+        )
+    return open_clip.create_model(model_name, pretrained=pretrained), open_clip.get_tokenizer(model_name)
+
+
+def load_backbone(
+    model_name: str = DEFAULT_MODEL,
+    pretrained: str = DEFAULT_PRETRAINED,
+    *,
+    checkpoint: str | Path | None = None,
+    weights: str = "pretrained",
+    seed: int = 0,
+    device: str | None = None,
+    half: bool | None = None,
+) -> ClipBackbone:
+    """Build the backbone.
+
+    ``weights``: ``"pretrained"`` (open_clip downloads ``model_name``/``pretrained`` or uses
+    its cache), ``"random"`` (seeded random initialisation: smoke tests only), or
+    ``"planted"`` (the hand-constructed planted-alignment model of
+    :mod:`alfa_ad.model.planted`).  ``checkpoint`` loads a local state-dict file with
+    ``weights_only=True`` into ``model_name``'s architecture and overrides ``weights``.
+    """
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
+    if checkpoint is not None:
+        import open_clip
+
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise WeightsUnavailableError(f"{path}: checkpoint file not found")
+        clip, tokenizer = _create(model_name, None)
+        try:
+            open_clip.load_checkpoint(clip, str(path), weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the culprit named
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise WeightsUnavailableError(f"{path}: cannot load as {model_name} checkpoint ({msg})") from exc
+        info = WeightsInfo(model_name, "checkpoint", f"{path.name}, sha256 {_sha256(path)[:12]}")
+        return ClipBackbone(clip, tokenizer, info, device, half)
+    if weights == "planted":
+        from .planted import build_planted_clip
+
+        clip, tokenizer = build_planted_clip()
+        return ClipBackbone(clip, tokenizer, WeightsInfo("planted-vit", "planted", "colour cue: red"), device, half)
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            clip, tokenizer = _create(model_name, None)
+        return ClipBackbone(clip, tokenizer, WeightsInfo(model_name, "random", f"seed {seed}"), device, half)
+    try:
+        clip, tokenizer = _create(model_name, pretrained)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - network / hub / file errors
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise WeightsUnavailableError(
+            f"cannot obtain pretrained weights {model_name}/{pretrained} ({type(exc).__name__}: {cause}). "
+            "Fix: run once with internet access so open_clip can download and cache them, "
+            "or pass --checkpoint PATH to a local weights file, "
+            "or use --weights random for a smoke test (scores are then meaningless)."
+        ) from exc
+    return ClipBackbone(clip, tokenizer, WeightsInfo(model_name, "pretrained", pretrained), device, half)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Scoring math: small pure tensor functions (no model, no I/O)."""
