@@ -143,8 +143,11 @@ def _record(report: RunReport, ev: ClassEval, s: Sample, im: Image.Image, r: Det
             overlays: bool, banner: str | None) -> None:
     mask = _mask_for(s, im.size, report) if s.label is not None else None
     if overlays:
+        lo, hi = float(r.anomaly_map.min()), float(r.anomaly_map.max())
+        text = f"score {r.score:.3f} | colours span map range {lo:.3f}-{hi:.3f}" + (f" | {banner}" if banner else "")
         atomic_save_image(out / "overlays" / f"{s.key}.png",
-                          render_overlay(im, r.anomaly_map, banner=banner, mask=mask if s.label else None))
+                          render_overlay(im, r.anomaly_map, vmin=lo, vmax=max(hi, lo + 1e-6), banner=text,
+                                         mask=mask if s.label else None))
     if s.label is not None:
         ev.labels.append(s.label)
         ev.scores.append(r.score)

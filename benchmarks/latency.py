@@ -1,0 +1,80 @@
+"""Per-image latency of the zero-shot methods on CPU (or --device).
+
+    python benchmarks/latency.py                 # ViT-B-16-plus-240, random weights, 240 px
+    python benchmarks/latency.py --repeats 7 --device cuda
+
+Prints the median over ``--repeats`` timed calls (after one warm-up call) of
+one image scored end to end through ``Detector.predict`` (preprocessing,
+backbone, prompt adaptation, windows, maps, resize to the input size), and the
+time of one plain ``encode_image`` forward pass for reference.  Weights are
+random (no pretrained weights are reachable here): speed does not depend on
+the weight values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from alfa_ad import Detector
+from alfa_ad.model import load_backbone
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="ViT-B-16-plus-240")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--methods", default="alfa,winclip")
+    args = ap.parse_args()
+
+    backbone = load_backbone(args.model, weights="random", seed=0, device=args.device)
+    rng = np.random.default_rng(0)
+    h, w = backbone.image_size
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    print(f"model {args.model}, random weights, {w}x{h} px, device {backbone.device}, "
+          f"torch threads {torch.get_num_threads()}, median of {args.repeats} after 1 warm-up")
+
+    pixels = backbone.preprocess([__import__("PIL.Image", fromlist=["Image"]).fromarray(image)])
+
+    def forward() -> None:
+        with torch.inference_mode():
+            backbone.clip.encode_image(pixels)
+            if backbone.device.type == "cuda":
+                torch.cuda.synchronize()
+
+    fwd = median_seconds(forward, args.repeats)
+    print(f"  encode_image forward pass : {fwd * 1000:8.1f} ms")
+    results = {}
+    for method in args.methods.split(","):
+        det = Detector(backbone, method=method, cache_dir=None)
+        det.predict([image], "bottle")  # text embeddings encoded once, outside the timing
+
+        def one() -> None:
+            det.predict([image], "bottle")
+            if backbone.device.type == "cuda":
+                torch.cuda.synchronize()
+
+        results[method] = median_seconds(one, args.repeats)
+        print(f"  {method:8s} per image         : {results[method] * 1000:8.1f} ms "
+              f"({results[method] / fwd:.2f}x one forward pass)")
+    if "alfa" in results and "winclip" in results:
+        print(f"  alfa / winclip            : {results['alfa'] / results['winclip']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
