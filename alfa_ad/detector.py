@@ -17,6 +17,7 @@ from .methods import METHODS
 from .model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBackbone, load_backbone
 from .model.text_cache import TextEmbeddingCache, default_cache_dir
 from .prompting import AlfaTemplateSource, PromptSet, PromptSource, WinClipEnsembleSource, combine
+from .prompting.templates import WINCLIP_TEMPLATES, WINCLIP_TEMPLATES_ANOMALIB
 
 ImageLike = "str | Path | Image.Image | np.ndarray"
 
@@ -49,8 +50,10 @@ class DetectionResult:
         }
 
 
-def default_sources(method: str) -> list[PromptSource]:
-    return [WinClipEnsembleSource()] if method == "winclip" else [AlfaTemplateSource()]
+def default_sources(method: str, anomalib_compat: bool = False) -> list[PromptSource]:
+    if method == "winclip":
+        return [WinClipEnsembleSource(WINCLIP_TEMPLATES_ANOMALIB if anomalib_compat else WINCLIP_TEMPLATES)]
+    return [AlfaTemplateSource()]
 
 
 class Detector:
@@ -83,7 +86,7 @@ class Detector:
             model, pretrained, checkpoint=checkpoint, weights=weights, seed=seed, device=device
         )
         self.method = METHODS[method](self.backbone, tuple(scales), **method_options)
-        self.sources = list(sources) if sources is not None else default_sources(method)
+        self.sources = list(sources) if sources is not None else default_sources(method, bool(method_options.get("anomalib_compat")))
         directory = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.text_cache = TextEmbeddingCache(directory)
         self.batch_size = batch_size

@@ -1,6 +1,9 @@
-"""ALFA zero-shot: run-time prompt adaptation + fine-grained aligner (docs/method.md)."""
+"""ALFA: run-time prompt adaptation + fine-grained aligner (docs/method.md),
+with an optional few-shot memory bank of normal patch features."""
 
 from __future__ import annotations
+
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -8,11 +11,17 @@ from scipy import ndimage
 
 from ..model.backbone import ClipBackbone
 from ..scoring.contextual import contextual_scores, keep_masks, masked_class_embeddings
+from ..scoring.memory import greedy_coreset, nearest_neighbour_distance
 from ..scoring.windows import harmonic_aggregation, harmonic_mean
 from ..scoring.zero_shot import TEMPERATURE, anomaly_probability, image_score, rank_one_transfer
 from .base import BatchScores, WindowGeometry, upsample
 
 TEXT_PROJECTIONS = ("rank1", "none")
+
+
+def default_memory_layers(depth: int) -> tuple[int, ...]:
+    """Blocks at 1/2 and 3/4 of the depth (0-based), e.g. (5, 8) for 12 blocks."""
+    return tuple(sorted({max(0, min(depth - 2, depth * f // 4 - 1)) for f in (2, 3)}))
 
 
 class AlfaMethod:
@@ -26,6 +35,8 @@ class AlfaMethod:
         k: float = 1.0,
         sigma: float = 4.0,
         text_projection: str = "rank1",
+        memory_layers: Sequence[int] | None = None,
+        use_text: bool = True,
     ) -> None:
         if text_projection not in TEXT_PROJECTIONS:
             raise ValueError(f"text_projection must be one of {TEXT_PROJECTIONS}")
@@ -35,16 +46,54 @@ class AlfaMethod:
         self.k = k
         self.sigma = sigma
         self.text_projection = text_projection
+        self.memory_layers = tuple(memory_layers) if memory_layers is not None else default_memory_layers(backbone.depth)
+        self.use_text = use_text
+        self.bank: list[torch.Tensor] | None = None  # per memory layer: (M, W) normal patch features
 
     def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-normalised prompt embeddings; the per-image selection happens in ``__call__``."""
         return F.normalize(normal.float(), dim=-1), F.normalize(abnormal.float(), dim=-1)
 
+    # ------------------------------------------------------------- few-shot
+    @torch.inference_mode()
+    def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
+        """Memory bank of patch features (outputs of ``memory_layers``) of normal images.
+
+        ``coreset``: keep at most this many features per layer (greedy k-center).
+        """
+        bb = self.backbone
+        feats: list[list[torch.Tensor]] = [[] for _ in self.memory_layers]
+        for pixels in batches:
+            _, caps = bb.penultimate_with(bb.tokens(pixels), self.memory_layers)
+            for store, c in zip(feats, caps):
+                store.append(c[:, 1:].reshape(-1, c.shape[-1]).float())
+        if not feats[0]:
+            raise ValueError("no normal reference image to build the memory bank from")
+        bank = [torch.cat(f) for f in feats]
+        if coreset is not None:
+            bank = [b[greedy_coreset(b, coreset, seed).to(b.device)] for b in bank]
+        self.bank = bank
+
+    def clear_normals(self) -> None:
+        self.bank = None
+
+    @property
+    def bank_size(self) -> int:
+        return 0 if self.bank is None else sum(b.shape[0] for b in self.bank)
+
+    def _memory_map(self, caps: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over memory layers of each patch's nearest-neighbour distance: ``(B, gh, gw)``."""
+        assert self.bank is not None
+        maps = [nearest_neighbour_distance(c[:, 1:], b) for c, b in zip(caps, self.bank)]
+        return torch.stack(maps).mean(0).view(-1, *self.backbone.grid)
+
+    # ------------------------------------------------------------- scoring
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor]) -> BatchScores:
         bb = self.backbone
         normal, abnormal = text
-        z = bb.penultimate(bb.tokens(pixels))
+        capture = self.memory_layers if self.bank is not None else ()
+        z, caps = bb.penultimate_with(bb.tokens(pixels), capture)
         g, _ = bb.global_embedding(z)
         gn = F.normalize(g, dim=-1)
         # run-time prompt adaptation (eq. 2-4) and the class-token score (eq. 10)
@@ -52,19 +101,32 @@ class AlfaMethod:
         keep_n, keep_a = keep_masks(sc_n, sc_a)
         classes = masked_class_embeddings(normal, abnormal, keep_n, keep_a)  # (B, 2, D)
         global_scores = anomaly_probability(g.unsqueeze(1), classes, self.temperature)[:, 0]
-        # fine-grained aligner: local embeddings per window, eq. (11), harmonic aggregation
+        if self.use_text:
+            language = self._language_map(z, g, classes)
+        if self.bank is None:
+            if not self.use_text:
+                raise ValueError("with use_text=False a memory bank of normal images is needed (fit_normals)")
+            patch_map, scores = language, image_score(global_scores, language)  # eq. (12)
+        else:
+            visual = self._memory_map(caps)
+            if self.use_text:
+                patch_map = 0.5 * (language + visual)
+                scores = image_score(global_scores, patch_map)
+            else:
+                patch_map, scores = visual, visual.flatten(1).amax(-1)
+        maps = upsample(patch_map, bb.image_size)
+        if self.sigma > 0:
+            maps = torch.from_numpy(ndimage.gaussian_filter(maps.cpu().numpy(), sigma=(0, self.sigma, self.sigma)))
+        return BatchScores(scores.cpu(), global_scores.cpu(), maps.cpu(), keep_n.cpu(), keep_a.cpu())
+
+    def _language_map(self, z: torch.Tensor, g: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Fine-grained aligner: local embeddings per window, eq. (11), harmonic aggregation
+        per scale and harmonic average across scales: ``(B, gh, gw)``."""
+        bb = self.backbone
         per_scale = []
         for windows, cover in zip(self.geometry.windows, self.geometry.covers):
             local = bb.local_embeddings(z, windows)  # (B, n, D)
-            if self.text_projection == "rank1":
-                local_text = rank_one_transfer(g, local, classes)  # (B, n, 2, D)
-            else:
-                local_text = classes
+            local_text = rank_one_transfer(g, local, classes) if self.text_projection == "rank1" else classes
             window_scores = anomaly_probability(local, local_text, self.temperature)
             per_scale.append(harmonic_aggregation(window_scores, cover).view(-1, *bb.grid))
-        patch_map = harmonic_mean(torch.stack(per_scale), dim=0)  # (B, gh, gw)
-        scores = image_score(global_scores, patch_map)  # eq. (12)
-        maps = upsample(patch_map, bb.image_size)
-        if self.sigma > 0:
-            maps = torch.from_numpy(ndimage.gaussian_filter(maps.numpy(), sigma=(0, self.sigma, self.sigma)))
-        return BatchScores(scores, global_scores, maps, keep_n, keep_a)
+        return harmonic_mean(torch.stack(per_scale), dim=0)

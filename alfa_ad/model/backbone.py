@@ -100,20 +100,16 @@ class ClipBackbone:
     # ------------------------------------------------------------------ text
     @property
     def fingerprint(self) -> str:
-        """Identity of the text tower's weights (cache key for text embeddings).
-
-        A blake2b digest over every text-tower tensor's name, shape, sum and a
-        strided sample of its values: cheap, and distinct for distinct weights.
-        """
+        """Identity of the text tower's weights (cache key for text embeddings):
+        a blake2b digest of every text-tower tensor's name, shape and bytes."""
         if self._fingerprint is None:
             h = hashlib.blake2b(digest_size=16)
             h.update(self.weights.model_name.encode())
             for name, t in sorted(self.clip.state_dict().items()):
                 if name.startswith("visual."):
                     continue
-                flat = t.detach().float().flatten().cpu()
-                h.update(f"{name}{tuple(t.shape)}{flat.sum().item():.6e}".encode())
-                h.update(flat[:: max(1, flat.numel() // 4096)].numpy().tobytes())
+                h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -153,11 +149,32 @@ class ClipBackbone:
 
     def penultimate(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run ``ln_pre`` and every block but the last: the last block's input ``z^{L-1}``."""
+        return self.penultimate_with(tokens, ())[0]
+
+    @property
+    def depth(self) -> int:
+        """Number of vision transformer blocks."""
+        return len(self.clip.visual.transformer.resblocks)
+
+    def penultimate_with(self, tokens: torch.Tensor, capture: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Like :meth:`penultimate`, also returning the outputs of blocks ``capture`` (0-based,
+        each at most ``depth - 2``), in the order given."""
         v = self.clip.visual
+        blocks = v.transformer.resblocks
+        bad = [i for i in capture if not 0 <= i <= len(blocks) - 2]
+        if bad:
+            raise ValueError(f"memory-bank layers {bad} out of range 0..{len(blocks) - 2}")
         x = v.ln_pre(tokens)
-        for block in v.transformer.resblocks[:-1]:
+        outputs: dict[int, torch.Tensor] = {}
+        for i, block in enumerate(blocks[:-1]):
             x = block(x)
-        return x
+            if i in capture:
+                outputs[i] = x
+        return x, [outputs[i] for i in capture]
+
+    def patch_tokens(self, last: torch.Tensor) -> torch.Tensor:
+        """``ln_post`` of the last block's patch tokens (unprojected), as WinCLIP+ uses: ``(B, P, W)``."""
+        return self.clip.visual.ln_post(last[:, 1:]).float()
 
     def head(self, cls: torch.Tensor) -> torch.Tensor:
         """``ln_post`` and the projection into the joint space (float32 out)."""
@@ -212,9 +229,17 @@ class ClipBackbone:
             outs.append(self.head(x))
         return torch.cat(outs, 1)
 
-    def masked_window_embeddings(self, tokens: torch.Tensor, windows: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    def masked_window_embeddings(
+        self, tokens: torch.Tensor, windows: torch.Tensor, chunk: int = 256, cross_window: bool = False
+    ) -> torch.Tensor:
         """WinCLIP's window embeddings: keep the class token and the window's patch
         tokens, drop the rest, and run ``ln_pre``, the whole transformer and the head.
+
+        ``cross_window=True`` reproduces anomalib 2.x on open_clip >= 2.2x: anomalib
+        permutes the masked batch to sequence-first before calling a batch-first
+        transformer, so attention runs across all windows (and images) at each token
+        position instead of within a window.  Kept only for the side-by-side
+        comparison (docs/method.md); all windows then go through in one call.
 
         Args:
             tokens: ``(B, 1+P, W)`` from :meth:`tokens`.
@@ -226,6 +251,10 @@ class ClipBackbone:
         v = self.clip.visual
         b = tokens.shape[0]
         idx = torch.cat([torch.zeros(windows.shape[0], 1, dtype=torch.long), windows.long() + 1], 1).to(tokens.device)
+        if cross_window:
+            x = tokens[:, idx].transpose(0, 1).reshape(idx.shape[0] * b, idx.shape[1], -1)  # window-major
+            x = v.transformer(v.ln_pre(x).transpose(0, 1)).transpose(0, 1)
+            return self.head(x[:, 0]).view(idx.shape[0], b, -1).transpose(0, 1)
         outs = []
         for s in range(0, idx.shape[0], chunk):
             ix = idx[s : s + chunk]

@@ -51,19 +51,20 @@ def tagged(normal: Iterable[str], abnormal: Iterable[str], source: str) -> Promp
 
 
 def combine(sets: Iterable[PromptSet]) -> PromptSet:
-    """Concatenate prompt sets, dropping exact duplicates (first source wins)."""
-    out: dict[str, list] = {"n": [], "ns": [], "a": [], "as": []}
-    seen_n: set[str] = set()
-    seen_a: set[str] = set()
+    """Concatenate prompt sets.  Each source's own list is taken as given; a prompt
+    an earlier source already gave is dropped (the first source wins)."""
+    normal: list[str] = []
+    abnormal: list[str] = []
+    normal_src: list[str] = []
+    abnormal_src: list[str] = []
     for s in sets:
+        seen_n, seen_a = set(normal), set(abnormal)
         for p, src in zip(s.normal, s.normal_sources):
             if p not in seen_n:
-                seen_n.add(p)
-                out["n"].append(p)
-                out["ns"].append(src)
+                normal.append(p)
+                normal_src.append(src)
         for p, src in zip(s.abnormal, s.abnormal_sources):
             if p not in seen_a:
-                seen_a.add(p)
-                out["a"].append(p)
-                out["as"].append(src)
-    return PromptSet(tuple(out["n"]), tuple(out["a"]), tuple(out["ns"]), tuple(out["as"]))
+                abnormal.append(p)
+                abnormal_src.append(src)
+    return PromptSet(tuple(normal), tuple(abnormal), tuple(normal_src), tuple(abnormal_src))

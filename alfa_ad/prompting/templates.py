@@ -25,6 +25,16 @@ WINCLIP_TEMPLATES = (
     "a photo of the {} for anomaly detection.", "a photo of a {} for anomaly detection.",
 )
 
+# anomalib 2.x's copy of that list: 21 entries, "a jpeg corrupted photo of the {}."
+# twice and "a cropped photo of a {}." / "a jpeg corrupted photo of a {}." missing.
+# Used only with WinCLIP's anomalib_compat flag (side-by-side comparison).
+WINCLIP_TEMPLATES_ANOMALIB = tuple(
+    t for t in WINCLIP_TEMPLATES if t not in ("a cropped photo of a {}.", "a jpeg corrupted photo of a {}.")
+)
+WINCLIP_TEMPLATES_ANOMALIB = (
+    WINCLIP_TEMPLATES_ANOMALIB[:7] + ("a jpeg corrupted photo of the {}.",) + WINCLIP_TEMPLATES_ANOMALIB[7:]
+)
+
 # ALFA's unified template "A {domain} image of a {state} {class} [with {details}]":
 # 6 domains x 6 states per side = 36 normal + 36 abnormal = 72 prompts, the
 # number of template prompts the paper reports (section 5.3).

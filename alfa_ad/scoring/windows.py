@@ -36,9 +36,10 @@ def harmonic_aggregation(window_scores: torch.Tensor, cover: torch.Tensor) -> to
     Returns:
         ``(B, n_patches)``.  A patch no window covers gets 0.
     """
-    cover = cover.to(window_scores)
-    inv = (1.0 / window_scores) @ cover.T  # (B, P): sum of reciprocals
-    count = cover.sum(-1)  # (P,)
+    covered = cover.to(window_scores.device).bool()  # (P, n)
+    # masked sum of reciprocals: a zero score makes its patches 0 without 0 * inf = nan elsewhere
+    inv = torch.where(covered, (1.0 / window_scores).unsqueeze(1), torch.zeros((), dtype=window_scores.dtype)).sum(-1)
+    count = covered.sum(-1).to(window_scores.dtype)  # (P,)
     out = count / inv
     return torch.where(count > 0, out, torch.zeros_like(out))
 

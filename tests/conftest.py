@@ -1,0 +1,74 @@
+"""Shared fixtures for the alfa_ad test suite.
+
+* ``planted_backbone``: the hand-constructed planted-alignment CLIP (tiny, CPU, fast);
+  its "anomaly" cue is the redness ``R - (G + B) / 2`` of each 16x16 patch.
+* ``shared_data``: ``../shared/data`` (real images), skipped when absent.
+* ``spot_image``: a grey texture with a red rectangle at a known place, and its mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+RED = (220, 30, 30)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_text_cache(tmp_path_factory, monkeypatch):
+    """Keep the default text cache (``$ALFA_AD_CACHE`` or ./cache) out of the repository."""
+    monkeypatch.setenv("ALFA_AD_CACHE", str(tmp_path_factory.getbasetemp() / "default-cache"))
+
+
+@pytest.fixture(scope="session")
+def planted_backbone():
+    from alfa_ad.model.backbone import load_backbone
+
+    return load_backbone(weights="planted", device="cpu")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    path = Path(__file__).parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip("../shared/data not present: real-image tests skipped")
+    return path
+
+
+def grey_texture(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """``(H, W, 3)`` uint8 neutral-grey texture (no redness: R == G == B up to noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = 125 + 15 * np.sin(xx / 7.0) * np.cos(yy / 9.0) + rng.normal(0, 4, (height, width))
+    grey = np.clip(base, 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def spot_image(
+    height: int = 200,
+    width: int = 320,
+    box: tuple[int, int, int, int] | None = None,
+    seed: int = 0,
+    colour: tuple[int, int, int] = RED,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grey texture with a red rectangle; returns ``(image (H, W, 3) uint8, mask (H, W) bool)``.
+
+    ``box`` is ``(top, left, bottom, right)`` in pixels (exclusive end).  The default
+    puts the spot in the upper-right corner region of a 200x320 image: rows 30-70,
+    columns 220-290, i.e. an asymmetric place, so a transposed (x <-> y) or flipped
+    map cannot land on it.
+    """
+    img = grey_texture(height, width, seed)
+    top, left, bottom, right = box if box is not None else (30, 220, 70, 290)
+    img[top:bottom, left:right] = colour
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top:bottom, left:right] = True
+    return img, mask
+
+
+@pytest.fixture
+def make_spot_image():
+    """The :func:`spot_image` helper as a fixture."""
+    return spot_image
