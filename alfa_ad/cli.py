@@ -1,65 +1,60 @@
-"""Command line: ``alfa-ad run``, ``alfa-ad demo``."""
+"""Command line: ``alfa-ad run``, ``alfa-ad demo``, ``alfa-ad generate-prompts``."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__
 from .detector import Detector
-from .io.datasets import discover
-from .io.images import InputError
+from .io.datasets import discover, train_images
+from .io.images import ImageLoadError, InputError, iter_image_files
 from .model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailableError
-from .runner import RunReport, run_dataset
+from .prompting.library import LibraryError
+from .runner import RunReport, aggregate_seeds, metrics_table, run_dataset, write_seed_summary
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Training-free visual anomaly detection (ALFA, WinCLIP).")
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Training-free visual anomaly detection (ALFA, WinCLIP).")
 console = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
-def _parse_ints(text: str, what: str) -> tuple[int, ...]:
+def say(message: str) -> None:
+    console.print(message, soft_wrap=True, highlight=False, markup=False)
+
+
+def _parse_ints(text: str, what: str, minimum: int = 1) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         fail(f"{what} must be comma-separated integers, got {text!r}")
-    if not values or min(values) < 1:
-        fail(f"{what} must be positive integers, got {text!r}")
+    if not values or min(values) < minimum:
+        fail(f"{what} must be integers >= {minimum}, got {text!r}")
     return values
 
 
-def _print_report(report: RunReport) -> None:
-    table = Table(title=f"alfa-ad {report.config['method']} - {report.config['weights']}")
-    table.add_column("class")
-    table.add_column("images", justify="right")
-    table.add_column("image AUROC", justify="right")
-    table.add_column("pixel AUROC", justify="right")
-    fmt = lambda v: "undefined" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    counts: dict[str, int] = {}
-    for row in report.rows:
-        counts[row["class"]] = counts.get(row["class"], 0) + 1
-    for cls, m in report.metrics.items():
-        table.add_row(cls, str(counts.get(cls, 0)), fmt(m["image_auroc"]), fmt(m["pixel_auroc"]))
-    if len(report.metrics) > 1:
-        mean = report.mean_metrics()
-        table.add_row("mean", str(len(report.rows)), fmt(mean["image_auroc"]), fmt(mean["pixel_auroc"]))
+def _print_table(rows: list[list[str]], title: str) -> None:
+    table = Table(title=escape(title))
+    for i, head in enumerate(rows[0]):
+        table.add_column(head, justify="left" if i == 0 else "right")
+    for r in rows[1:]:
+        table.add_row(*[escape(c) for c in r])
     Console().print(table)
 
 
-def _run(detector: Detector, data: Path, out: Path, classes: Optional[str], class_name: str, overlays: bool,
-         config: dict) -> RunReport:
-    try:
-        dataset, warnings = discover(data, [c for c in classes.split(",") if c] if classes else None, class_name)
-    except InputError as exc:
-        fail(str(exc))
+def _run(detector: Detector, dataset: dict, out: Path, overlays: bool, config: dict, *, explain: int = 0,
+         prepare=None, warnings: list[str] | None = None) -> RunReport:
     total = sum(len(v) for v in dataset.values())
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -68,71 +63,167 @@ def _run(detector: Detector, data: Path, out: Path, classes: Optional[str], clas
 
         def on_progress(cls: str, done: int, _n: int) -> None:
             seen[cls] = done
-            progress.update(task, completed=sum(seen.values()), description=f"scoring {cls}")
+            progress.update(task, completed=sum(seen.values()), description=f"scoring {escape(cls)}")
 
         def on_error(msg: str) -> None:
-            progress.console.print(f"[yellow]skipped:[/] {msg}", soft_wrap=True, highlight=False)
+            progress.console.print(f"[yellow]skipped:[/] {escape(msg)}", soft_wrap=True, highlight=False)
 
-        report = run_dataset(detector, dataset, out, config, overlays=overlays, on_progress=on_progress,
-                             on_error=on_error)
-    report.warnings[:0] = warnings
+        report = run_dataset(detector, dataset, out, config, overlays=overlays, explain=explain, prepare=prepare,
+                             on_progress=on_progress, on_error=on_error)
+    report.warnings[:0] = warnings or []
     report.write()
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/] {w}", soft_wrap=True, highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
+    for cls, facts in report.classes.items():
+        kept = facts.get("mean_prompts_kept")
+        line = f"{cls}: prompt sources {facts['prompt_sources']}"
+        if kept:
+            line += f"; prompts kept per image on average: {kept['normal']:.1f} normal, {kept['abnormal']:.1f} abnormal"
+        if facts.get("thresholds"):
+            line += f"; {facts['thresholds']['description']}"
+        say(line)
     if report.metrics:
-        _print_report(report)
-    console.print(f"{len(report.rows)} images scored, {len(report.errors)} skipped, "
-                  f"{report.seconds:.1f} s; outputs in {out} ({report.config['weights']})", highlight=False)
+        _print_table(metrics_table(report.metrics, report.mean_metrics()),
+                     f"alfa-ad {config['method']}, {config['shots']}-shot - {config['weights']}")
+    say(f"{len(report.rows)} images scored, {len(report.errors)} skipped, {report.seconds:.1f} s; "
+        f"outputs in {out} ({config['weights']})")
     if not report.rows:
         raise typer.Exit(1)
     return report
 
 
 def _detector(method: str, model: str, pretrained: str, checkpoint: Optional[Path], weights: str, seed: int,
-              device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int) -> Detector:
+              device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int,
+              prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False) -> Detector:
     if method not in ("alfa", "winclip"):
         fail(f"--method must be alfa or winclip, got {method!r}")
     if batch_size < 1:
         fail("--batch-size must be at least 1")
+    if prompts is not None and not prompts.is_file():
+        fail(f"{prompts}: prompt library not found")
+    options: dict[str, Any] = {"anomalib_compat": True} if anomalib_compat else {}
+    if anomalib_compat and method != "winclip":
+        fail("--anomalib-compat applies to --method winclip only")
     try:
         return Detector(method=method, model=model, pretrained=pretrained, checkpoint=checkpoint, weights=weights,
                         seed=seed, device=device, scales=_parse_ints(scales, "--scales"),
-                        cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size)
-    except (WeightsUnavailableError, ValueError) as exc:
+                        cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,
+                        prompts=prompts, llm_prompts=llm, **options)
+    except (WeightsUnavailableError, LibraryError, ValueError) as exc:
         fail(str(exc))
+
+
+def _references(data: Path, normals: Optional[Path], class_name: str) -> tuple[list[Path], str]:
+    """Candidate normal images for a class and where they came from."""
+    if normals is not None:
+        folder = normals / class_name if (normals / class_name).is_dir() else normals
+        return iter_image_files(folder), str(folder)
+    return train_images(data, class_name), f"{data}/{class_name}/train/good"
+
+
+def _few_shot_prepare(data: Path, normals: Optional[Path], shots: str, seed: int, coreset: Optional[int],
+                      calibrate: Optional[Path], fpr: float):
+    def prepare(detector: Detector, class_name: str) -> dict[str, Any]:
+        facts: dict[str, Any] = {}
+        if shots != "0":
+            pool, where = _references(data, normals, class_name)
+            if shots == "all":
+                chosen = pool
+            else:
+                k = int(shots)
+                if len(pool) < k:
+                    raise ValueError(f"only {len(pool)} normal images in {where}, --shots {k} asked")
+                chosen = sorted(random.Random(seed).sample(pool, k))
+            if not chosen:
+                raise ValueError(f"no normal images in {where}")
+            warns = detector.fit_normals(chosen, coreset=coreset, seed=seed)
+            facts.update({"references": [str(p) for p in chosen], "memory_bank_size": detector.method.bank_size,
+                          "reference_warnings": warns})
+            for w in warns:
+                console.print(f"[yellow]warning:[/] {escape(class_name)}: {escape(w)}", soft_wrap=True)
+        if calibrate is not None:
+            folder = calibrate / class_name if (calibrate / class_name).is_dir() else calibrate
+            facts["thresholds"] = detector.calibrate(iter_image_files(folder), class_name, fpr).as_dict()
+        elif shots != "0" and len(detector.normals) >= 2:
+            facts["thresholds"] = detector.calibrate(None, class_name, fpr).as_dict()
+        return facts
+
+    return prepare
 
 
 @app.command()
 def run(
-    data: Path = typer.Option(..., "--data", help="MVTec-layout root, one class folder, or a folder of images."),
+    data: Path = typer.Option(..., "--data", help="MVTec-layout root, VisA root, one class folder, or a folder of images."),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="Output folder."),
-    shots: int = typer.Option(0, "--shots", help="Normal reference images per class (0 = zero-shot)."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Comma list of class folders to run."),
+    shots: str = typer.Option("0", "--shots", help="Normal reference images per class: 0 (zero-shot), k, or all."),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling references (and random weights)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma list of seeds: one run each, mean ± std."),
+    normals: Optional[Path] = typer.Option(None, "--normals", help="Folder of normal references (or DIR/<class>)."),
+    coreset: Optional[int] = typer.Option(None, "--coreset", help="Bound the memory bank (greedy k-center per layer)."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="Folder of extra normal images for thresholds."),
+    fpr: float = typer.Option(0.01, "--fpr", help="Target false-positive rate of the thresholds."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="mvtec, visa, or a comma list of classes."),
     class_name: str = typer.Option("object", "--class-name", help="Object name for a plain folder of images."),
     method: str = typer.Option("alfa", "--method", help="alfa or winclip."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
+    llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts (ALFA)."),
+    explain: int = typer.Option(0, "--explain", help="Write the top-N LLM descriptors per image."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="open_clip model name."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file for --model."),
     weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test) or planted (test model)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for random weights."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     scales: str = typer.Option("2,3", "--scales", help="Window sizes in patches."),
+    anomalib_compat: bool = typer.Option(False, "--anomalib-compat", help="WinCLIP exactly as anomalib 2.x computes it."),
     batch_size: int = typer.Option(8, "--batch-size"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write heat-map overlays."),
 ) -> None:
     """Score every test image under --data; write scores, overlays and metrics to --out."""
-    if shots != 0:
-        fail("only --shots 0 (zero-shot) is available in this version")
-    detector = _detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir, batch_size)
-    console.print(f"alfa-ad {__version__}: {method} on {detector.backbone.device}, {detector.weights_label}",
-                  highlight=False)
-    config = {"method": method, "shots": shots, "model": model, "pretrained": pretrained,
-              "checkpoint": str(checkpoint) if checkpoint else None, "weights": detector.weights_label,
-              "weights_source": detector.backbone.weights.as_dict(), "scales": list(detector.method.geometry.scales),
-              "prompt_sources": [s.name for s in detector.sources], "seed": seed, "data": str(data),
-              "version": __version__}
-    _run(detector, data, out, classes, class_name, overlays, config)
+    from .prompting.llm import resolve_classes
+
+    if shots != "all" and not shots.isdigit():
+        fail(f"--shots must be a number or 'all', got {shots!r}")
+    if normals is not None and not normals.is_dir():
+        fail(f"{normals}: --normals folder not found")
+    if calibrate is not None and not calibrate.is_dir():
+        fail(f"{calibrate}: --calibrate folder not found")
+    if not 0 < fpr < 1:
+        fail(f"--fpr must be between 0 and 1, got {fpr}")
+    if coreset is not None and coreset < 1:
+        fail("--coreset must be at least 1")
+    try:
+        wanted = resolve_classes(classes) if classes else None
+        dataset, warnings = discover(data, wanted, class_name)
+    except (InputError, ValueError) as exc:
+        fail(str(exc))
+    seed_list = _parse_ints(seeds, "--seeds", minimum=0) if seeds else (seed,)
+    detector = _detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir, batch_size,
+                         prompts, llm, anomalib_compat)
+    say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
+    reports = []
+    for s in seed_list:
+        config = {"method": method, "shots": shots, "seed": s, "model": model, "pretrained": pretrained,
+                  "checkpoint": str(checkpoint) if checkpoint else None, "weights": detector.weights_label,
+                  "weights_source": detector.backbone.weights.as_dict(),
+                  "scales": list(detector.method.geometry.scales), "prompt_sources": [x.name for x in detector.sources],
+                  "prompts_file": str(prompts) if prompts else None, "anomalib_compat": anomalib_compat,
+                  "normals": str(normals) if normals else None, "coreset": coreset,
+                  "calibrate": str(calibrate) if calibrate else None, "fpr": fpr, "data": str(data),
+                  "torch_seed_weights": seed, "version": __version__}
+        prepare = None
+        if shots != "0" or calibrate is not None:
+            prepare = _few_shot_prepare(data, normals, shots, s, coreset, calibrate, fpr)
+        target = out if len(seed_list) == 1 else out / f"seed_{s}"
+        if len(seed_list) > 1:
+            say(f"--- seed {s} -> {target}")
+        detector.clear_normals()
+        reports.append(_run(detector, dataset, target, overlays, config, explain=explain, prepare=prepare,
+                            warnings=list(warnings)))
+    if len(seed_list) > 1:
+        rows = write_seed_summary(out, {**reports[0].config, "seed": None}, seed_list, aggregate_seeds(reports))
+        _print_table(rows, f"mean ± std over seeds {','.join(map(str, seed_list))} - {detector.weights_label}")
+        say(f"seed summary in {out}/metrics_seeds.{{json,csv,md}}")
 
 
 @app.command()
@@ -150,11 +241,63 @@ def demo(
 
     data = make_synthetic_dataset(out / "data")
     detector = _detector(method, model, pretrained, None, weights, 0, device, "2,3", None, 8)
-    console.print(f"alfa-ad demo: {method}, {detector.weights_label}", highlight=False)
-    config = {"method": method, "shots": 0, "model": detector.backbone.weights.model_name, "weights": detector.weights_label,
-              "weights_source": detector.backbone.weights.as_dict(), "scales": [2, 3],
-              "prompt_sources": [s.name for s in detector.sources], "data": str(data), "version": __version__}
-    _run(detector, data, out / "results", None, "widget", True, config)
+    say(f"alfa-ad demo: {method}, {detector.weights_label}")
+    config = {"method": method, "shots": 0, "model": detector.backbone.weights.model_name,
+              "weights": detector.weights_label, "weights_source": detector.backbone.weights.as_dict(),
+              "scales": [2, 3], "prompt_sources": [s.name for s in detector.sources], "data": str(data),
+              "version": __version__}
+    dataset, warnings = discover(data)
+    _run(detector, dataset, out / "results", True, config, warnings=warnings)
+
+
+@app.command("generate-prompts")
+def generate_prompts(
+    classes: str = typer.Option(..., "--classes", help="mvtec, visa, or a comma list of class names."),
+    model: str = typer.Option("gpt-4o-mini", "--model", help="LLM model name on the server."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL or OpenAI)."),
+    out: Path = typer.Option(Path("prompts/generated.json"), "--out", help="Prompt library file to write or complete."),
+    refresh: bool = typer.Option(False, "--refresh", help="Ask again even when replies are cached or classes done."),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    max_tokens: int = typer.Option(1024, "--max-tokens"),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds per request."),
+    retries: int = typer.Option(4, "--retries", help="Retries after the first try, with backoff."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
+) -> None:
+    """Ask an LLM (OpenAI protocol) for normal/abnormal descriptions of each class; write a prompt library.
+
+    The API key comes from $OPENAI_API_KEY and is never logged, cached or written.
+    """
+    from .prompting.llm import LLMConfig, LLMError, generate_library, resolve_classes
+
+    try:
+        names = resolve_classes(classes)
+        config = LLMConfig(model=model, base_url=base_url, temperature=temperature, max_tokens=max_tokens,
+                           timeout=timeout, max_retries=retries)
+    except ValueError as exc:
+        fail(str(exc))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("generating", total=len(names))
+
+        def on_progress(ev) -> None:
+            if ev.status in ("done", "skipped", "failed"):
+                progress.update(task, advance=1, description=f"{ev.status} {escape(ev.class_name)}")
+            if ev.status == "failed":
+                progress.console.print(f"[yellow]failed:[/] {escape(ev.detail)}", soft_wrap=True, highlight=False)
+
+        try:
+            library, errors = generate_library(names, config, out, cache_dir=cache_dir, refresh=refresh,
+                                               on_progress=on_progress)
+        except (LLMError, LibraryError, ValueError, OSError) as exc:
+            fail(str(exc))
+    done = [c for c in names if c in library.get("classes", {})]
+    for c in done:
+        entry = library["classes"][c]
+        say(f"{c}: {len(entry['normal'])} normal, {len(entry['abnormal'])} abnormal, "
+            f"{len(entry.get('descriptors', []))} descriptors")
+    say(f"{len(done)} of {len(names)} classes in {out}; {len(errors)} failed")
+    if errors:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,14 +17,17 @@ from PIL import Image
 
 from . import __version__
 from .detector import DetectionResult, Detector
-from .evaluation.metrics import EVAL_SIZE, image_auroc, pixel_auroc
+from .evaluation.metrics import EVAL_SIZE, summarize
 from .io.atomic import atomic_save_image, atomic_write_text
 from .io.datasets import Sample
 from .io.images import ImageLoadError, load_image, load_mask
 from .io.overlay import render_overlay
 
-CSV_FIELDS = ("class", "path", "defect_type", "label", "score", "global_score", "map_max", "kept_normal",
-              "kept_abnormal", "total_normal", "total_abnormal", "method", "weights")
+CSV_FIELDS = ("class", "path", "defect_type", "label", "score", "decision", "global_score", "map_max",
+              "kept_normal", "kept_abnormal", "total_normal", "total_abnormal", "method", "weights")
+METRICS = ("image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pro", "pixel_f1_max")
+METRIC_TITLES = {"image_auroc": "img AUROC", "image_aupr": "img AUPR", "image_f1_max": "img F1-max",
+                 "pixel_auroc": "px AUROC", "pro": "PRO", "pixel_f1_max": "px F1-max"}
 
 
 @dataclass
@@ -37,8 +40,9 @@ class ClassEval:
     masks: list[np.ndarray] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float | None]:
-        pix = pixel_auroc(np.stack(self.masks), np.stack(self.maps)) if self.masks else None
-        return {"image_auroc": image_auroc(self.labels, self.scores), "pixel_auroc": pix}
+        masks = np.stack(self.masks) if self.masks else None
+        maps = np.stack(self.maps) if self.maps else None
+        return summarize(self.labels, self.scores, masks, maps)
 
 
 @dataclass
@@ -49,10 +53,11 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-class facts: prompts, thresholds
     seconds: float = 0.0
 
     def write(self) -> None:
-        """(Re)write scores.csv, scores.json and metrics.json atomically."""
+        """(Re)write scores.csv/json and metrics.json/csv/md atomically."""
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
@@ -61,20 +66,57 @@ class RunReport:
         header = {"alfa_ad_version": __version__, "weights": self.config.get("weights"), "config": self.config}
         atomic_write_text(self.out / "scores.json", json.dumps(
             {**header, "images": self.rows, "errors": self.errors, "warnings": self.warnings}, indent=1))
+        if not self.metrics:
+            return
         atomic_write_text(self.out / "metrics.json", json.dumps(
-            {**header, "metrics": self.metrics, "mean": self.mean_metrics(), "n_images": len(self.rows),
-             "n_errors": len(self.errors), "seconds": round(self.seconds, 2)}, indent=1))
+            {**header, "metrics": self.metrics, "mean": self.mean_metrics(), "classes": self.classes,
+             "n_images": len(self.rows), "n_errors": len(self.errors), "seconds": round(self.seconds, 2)}, indent=1))
+        table = metrics_table(self.metrics, self.mean_metrics())
+        buf = io.StringIO()
+        csv.writer(buf).writerows(table)
+        atomic_write_text(self.out / "metrics.csv", buf.getvalue())
+        atomic_write_text(self.out / "metrics.md", markdown_table(table, self.config))
 
     def mean_metrics(self) -> dict[str, float | None]:
-        out: dict[str, float | None] = {}
-        for name in ("image_auroc", "pixel_auroc"):
-            vals = [m[name] for m in self.metrics.values() if m.get(name) is not None]
-            out[name] = float(np.mean(vals)) if vals else None
-        return out
+        return mean_over(self.metrics.values())
+
+
+def mean_over(items) -> dict[str, float | None]:
+    """Mean of each metric over the classes where it is defined (None if nowhere)."""
+    items = list(items)
+    out: dict[str, float | None] = {}
+    for name in METRICS:
+        vals = [m[name] for m in items if m.get(name) is not None]
+        out[name] = float(np.mean(vals)) if vals else None
+    return out
+
+
+def fmt(value: float | None, std: float | None = None) -> str:
+    if value is None:
+        return "undefined"
+    return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def metrics_table(per_class: dict[str, dict], mean: dict | None) -> list[list[str]]:
+    """Rows ``[class, metric...]`` in percent, plus a ``mean`` row when there are several classes."""
+    rows = [["class", *[METRIC_TITLES[m] for m in METRICS]]]
+    for cls, m in per_class.items():
+        rows.append([cls, *[fmt(m.get(k)) for k in METRICS]])
+    if mean is not None and len(per_class) > 1:
+        rows.append(["mean", *[fmt(mean.get(k)) for k in METRICS]])
+    return rows
+
+
+def markdown_table(rows: list[list[str]], config: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    cfg = ", ".join(f"{k}: {v}" for k, v in config.items() if k not in ("weights_source",))
+    return (f"# alfa-ad results\n\nWeights: {config.get('weights')}\n\n" + "\n".join(lines)
+            + f"\n\nValues in percent. Configuration: {cfg}\n")
 
 
 def _eval_resize(amap: np.ndarray) -> np.ndarray:
-    t = torch.from_numpy(amap)[None, None]
+    t = torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32))[None, None]
     return F.interpolate(t, size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
@@ -96,6 +138,9 @@ def _mask_for(sample: Sample, size: tuple[int, int], report: RunReport) -> np.nd
     return mask
 
 
+Prepare = Callable[[Detector, str], dict[str, Any]]
+
+
 def run_dataset(
     detector: Detector,
     dataset: dict[str, list[Sample]],
@@ -103,16 +148,36 @@ def run_dataset(
     config: dict[str, Any],
     *,
     overlays: bool = True,
+    explain: int = 0,
+    prepare: Prepare | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     on_error: Callable[[str], None] | None = None,
 ) -> RunReport:
-    """Score every sample, writing overlays as it goes and score files after every class."""
+    """Score every sample, writing overlays as it goes and score files after every class.
+
+    ``prepare(detector, class_name)`` runs before each class (few-shot: fit the
+    memory bank, calibrate) and returns facts for the report; raising
+    ``ImageLoadError``/``ValueError`` there skips the class with the error recorded.
+    """
     out.mkdir(parents=True, exist_ok=True)
     report = RunReport(out, config)
     banner = None if detector.backbone.weights.meaningful else detector.weights_label
     t0 = time.perf_counter()
     for class_name, samples in dataset.items():
+        facts: dict[str, Any] = {"prompt_sources": detector.prompts(class_name).sources}
+        if "llm" not in facts["prompt_sources"] and any(s.name == "llm" for s in detector.sources):
+            report.warnings.append(f"class {class_name!r}: no LLM prompts in the prompt libraries; "
+                                   "templates only")
+        if prepare is not None:
+            try:
+                facts.update(prepare(detector, class_name))
+            except (ImageLoadError, ValueError) as exc:
+                report.errors.append(f"class {class_name!r} skipped: {exc}")
+                if on_error:
+                    on_error(report.errors[-1])
+                continue
         ev = ClassEval()
+        kept: list[tuple[int, int]] = []
         done = 0
         for start in range(0, len(samples), detector.batch_size):
             batch, images = [], []
@@ -124,12 +189,17 @@ def run_dataset(
                     report.errors.append(str(exc))
                     if on_error:
                         on_error(str(exc))
-            results = detector.predict(images, class_name) if images else []
+            results = detector.predict(images, class_name, explain=explain) if images else []
             for s, im, r in zip(batch, images, results):
                 _record(report, ev, s, im, r, out, overlays, banner)
+                kept.append((len(r.kept_prompts["normal"]), len(r.kept_prompts["abnormal"])))
             done += len(samples[start : start + detector.batch_size])
             if on_progress:
                 on_progress(class_name, done, len(samples))
+        if kept:
+            facts["mean_prompts_kept"] = {"normal": float(np.mean([k[0] for k in kept])),
+                                          "abnormal": float(np.mean([k[1] for k in kept]))}
+        report.classes[class_name] = facts
         if ev.labels:
             report.metrics[class_name] = ev.metrics()
         report.seconds = time.perf_counter() - t0
@@ -154,5 +224,39 @@ def _record(report: RunReport, ev: ClassEval, s: Sample, im: Image.Image, r: Det
         if mask is not None:
             ev.maps.append(_eval_resize(r.anomaly_map))
             ev.masks.append(_eval_resize(mask.astype(np.float32)) >= 0.5)
-    report.rows.append({"class": s.class_name, "path": str(s.path), "defect_type": s.defect_type,
-                        "label": "" if s.label is None else s.label, **r.summary()})
+    row = {"class": s.class_name, "path": str(s.path), "defect_type": s.defect_type,
+           "label": "" if s.label is None else s.label, **r.summary()}
+    if r.descriptors:
+        row["descriptors"] = [[t, round(v, 4)] for t, v in r.descriptors]
+    report.rows.append(row)
+
+
+def aggregate_seeds(reports: Sequence[RunReport]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Mean and standard deviation (population, as over the paper's 5 seeds) per class and metric."""
+    classes = list(dict.fromkeys(c for r in reports for c in r.metrics))
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for cls in [*classes, "mean"]:
+        per = [r.mean_metrics() if cls == "mean" else r.metrics.get(cls, {}) for r in reports]
+        out[cls] = {}
+        for name in METRICS:
+            vals = [m[name] for m in per if m.get(name) is not None]
+            out[cls][name] = {"mean": float(np.mean(vals)) if vals else None,
+                              "std": float(np.std(vals)) if vals else None, "n": len(vals)}
+    return out
+
+
+def write_seed_summary(out: Path, config: dict[str, Any], seeds: Sequence[int], summary: dict) -> list[list[str]]:
+    rows = [["class", *[METRIC_TITLES[m] for m in METRICS]]]
+    for cls, m in summary.items():
+        if cls == "mean" and len(summary) <= 2:
+            continue
+        rows.append([cls, *[fmt(m[k]["mean"], m[k]["std"]) for k in METRICS]])
+    atomic_write_text(out / "metrics_seeds.json", json.dumps(
+        {"alfa_ad_version": __version__, "weights": config.get("weights"), "config": config, "seeds": list(seeds),
+         "metrics": summary}, indent=1))
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    atomic_write_text(out / "metrics_seeds.csv", buf.getvalue())
+    atomic_write_text(out / "metrics_seeds.md", markdown_table(rows, {**config, "seeds": list(seeds)}).replace(
+        "Values in percent.", "Values in percent, mean ± standard deviation over seeds."))
+    return rows

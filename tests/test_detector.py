@@ -290,15 +290,15 @@ def test_detect_function(make_spot_image):
     assert r2.score == r.score
 
 
-def test_detect_with_normals_is_not_implemented(make_spot_image):
-    img, _ = make_spot_image()
-    with pytest.raises(NotImplementedError, match="few-shot"):
-        detect(img, class_name="widget", normals=[img], weights="planted", cache_dir=None)
+def test_detect_with_normals_uses_the_memory_bank(make_spot_image):
+    img, mask = make_spot_image()
+    clean = np.full_like(img, 128)
+    zero = detect(img, class_name="widget", weights="planted", cache_dir=None)
+    few = detect(img, class_name="widget", normals=[clean], weights="planted", cache_dir=None)
+    assert few.score != pytest.approx(zero.score)
+    assert roc_auc_score(mask.ravel(), few.anomaly_map.ravel()) >= 0.95
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "BUG: detect() caches detectors with functools.lru_cache(**options), so any unhashable "
-    "Detector option (scales=[2, 3], sources=[...]) raises TypeError: unhashable type: 'list'"))
 def test_detect_accepts_list_options(make_spot_image):
     img, _ = make_spot_image()
     r = detect(img, class_name="widget", weights="planted", cache_dir=None, scales=[2, 3])

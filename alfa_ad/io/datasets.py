@@ -18,17 +18,24 @@ class Sample:
     defect_type: str  # "good", a defect type, or "" for unlabelled images
     label: int | None  # 0 normal, 1 anomalous, None unknown
     mask_path: Path | None  # ground-truth mask, when the layout has one
+    unique_stem: bool = True  # False when another image in the folder has the same stem
 
     @property
     def key(self) -> str:
-        """Relative identifier ``class/type/stem`` used for output file names."""
-        parts = [self.class_name, self.defect_type or "images", self.path.stem]
-        return "/".join(parts)
+        """Relative identifier ``class/type/stem`` used for output file names
+        (``stem.ext`` when two images of a folder share a stem)."""
+        name = self.path.stem if self.unique_stem else self.path.name
+        return "/".join([self.class_name, self.defect_type or "images", name])
 
 
 def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                   and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _shared_stems(paths: list[Path]) -> set[str]:
+    stems = [p.stem for p in paths]
+    return {s for s in stems if stems.count(s) > 1}
 
 
 def is_class_folder(folder: Path) -> bool:
@@ -42,7 +49,9 @@ def class_samples(folder: Path, class_name: str | None = None) -> tuple[list[Sam
     warnings: list[str] = []
     for type_dir in sorted(p for p in (folder / "test").iterdir() if p.is_dir()):
         defect = type_dir.name
-        for img in _images(type_dir):
+        images = _images(type_dir)
+        shared = _shared_stems(images)
+        for img in images:
             mask = None
             if defect != "good":
                 candidate = folder / "ground_truth" / defect / f"{img.stem}_mask.png"
@@ -51,8 +60,66 @@ def class_samples(folder: Path, class_name: str | None = None) -> tuple[list[Sam
                 else:
                     warnings.append(f"{img}: defect image without mask ({candidate.name} missing); "
                                     "counted for image metrics only")
-            samples.append(Sample(img, name, defect, 0 if defect == "good" else 1, mask))
+            samples.append(Sample(img, name, defect, 0 if defect == "good" else 1, mask, img.stem not in shared))
     return samples, warnings
+
+
+VISA_SPLIT = Path("split_csv") / "1cls.csv"
+
+
+def is_visa_root(root: Path) -> bool:
+    return (root / VISA_SPLIT).is_file()
+
+
+def _visa_rows(root: Path) -> list[dict[str, str]]:
+    import csv
+
+    path = root / VISA_SPLIT
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read VisA split file ({exc})") from exc
+    need = {"object", "split", "label", "image", "mask"}
+    if not rows or not need <= set(rows[0]):
+        raise InputError(f"{path}: not a VisA split file (needs columns {', '.join(sorted(need))})")
+    return rows
+
+
+def visa_samples(root: Path, classes: Sequence[str] | None) -> tuple[dict[str, list[Sample]], list[str]]:
+    """Test samples of a VisA release root, as listed in ``split_csv/1cls.csv``."""
+    rows = _visa_rows(root)
+    available = list(dict.fromkeys(r["object"] for r in rows))
+    if classes:
+        unknown = [c for c in classes if c not in available]
+        if unknown:
+            raise InputError(f"{root}: missing class {', '.join(unknown)}; available: {', '.join(available)}")
+    out: dict[str, list[Sample]] = {c: [] for c in (classes or available)}
+    warnings: list[str] = []
+    for r in rows:
+        if r["object"] not in out or r["split"] != "test":
+            continue
+        anomalous = r["label"].strip().lower() not in ("normal", "good", "0")
+        mask = root / r["mask"] if anomalous and r["mask"].strip() else None
+        if anomalous and (mask is None or not mask.is_file()):
+            warnings.append(f"{root / r['image']}: defect image without mask; counted for image metrics only")
+            mask = None
+        out[r["object"]].append(Sample(root / r["image"], r["object"], "anomaly" if anomalous else "good",
+                                       int(anomalous), mask, False))
+    return out, warnings
+
+
+def train_images(root: str | Path, class_name: str) -> list[Path]:
+    """Normal training images of a class: ``<class>/train/good`` (MVTec) or the VisA train split."""
+    root = Path(root)
+    if is_visa_root(root):
+        return sorted(root / r["image"] for r in _visa_rows(root)
+                      if r["object"] == class_name and r["split"] == "train")
+    folder = root if is_class_folder(root) and root.name == class_name else root / class_name
+    good = folder / "train" / "good"
+    if not good.is_dir():
+        raise InputError(f"{good}: no normal training images for class {class_name!r}")
+    return _images(good)
 
 
 def discover(root: str | Path, classes: Sequence[str] | None = None, plain_class: str = "object"
@@ -62,6 +129,7 @@ def discover(root: str | Path, classes: Sequence[str] | None = None, plain_class
     * ``root/<class>/test/<type>/*`` (MVTec AD layout): one entry per class folder,
       restricted to ``classes`` when given;
     * ``root/test/<type>/*``: ``root`` itself is one class folder;
+    * ``root/split_csv/1cls.csv``: a VisA release (test split of that file);
     * otherwise a plain folder of images (unlabelled), class ``plain_class``.
     """
     root = Path(root)
@@ -70,6 +138,8 @@ def discover(root: str | Path, classes: Sequence[str] | None = None, plain_class
     if not root.is_dir():
         raise InputError(f"{root}: not a folder")
     warnings: list[str] = []
+    if is_visa_root(root):
+        return visa_samples(root, classes)
     if is_class_folder(root):
         found = {root.name: root}
     else:
@@ -78,7 +148,7 @@ def discover(root: str | Path, classes: Sequence[str] | None = None, plain_class
         if classes:
             unknown = [c for c in classes if c not in found]
             if unknown:
-                raise InputError(f"{root}: unknown class {', '.join(unknown)}; available: {', '.join(found)}")
+                raise InputError(f"{root}: missing class folder {', '.join(unknown)}; available: {', '.join(found)}")
             found = {c: found[c] for c in classes}
         out = {}
         for name, folder in found.items():
@@ -92,4 +162,5 @@ def discover(root: str | Path, classes: Sequence[str] | None = None, plain_class
     if classes and len(classes) > 1:
         raise InputError(f"{root}: a plain folder of images holds one class; got --classes {','.join(classes)}")
     name = classes[0] if classes else plain_class
-    return {name: [Sample(p, name, "", None, None) for p in images]}, warnings
+    shared = _shared_stems(images)
+    return {name: [Sample(p, name, "", None, None, p.stem not in shared) for p in images]}, warnings

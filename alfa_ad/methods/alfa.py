@@ -56,23 +56,28 @@ class AlfaMethod:
 
     # ------------------------------------------------------------- few-shot
     @torch.inference_mode()
-    def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
-        """Memory bank of patch features (outputs of ``memory_layers``) of normal images.
-
-        ``coreset``: keep at most this many features per layer (greedy k-center).
-        """
+    def extract_normals(self, batches: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Per normal image, its patch features at each memory layer: ``[[(P, W), ...], ...]``."""
         bb = self.backbone
-        feats: list[list[torch.Tensor]] = [[] for _ in self.memory_layers]
+        out: list[list[torch.Tensor]] = []
         for pixels in batches:
             _, caps = bb.penultimate_with(bb.tokens(pixels), self.memory_layers)
-            for store, c in zip(feats, caps):
-                store.append(c[:, 1:].reshape(-1, c.shape[-1]).float())
-        if not feats[0]:
+            for i in range(pixels.shape[0]):
+                out.append([c[i, 1:].float() for c in caps])
+        return out
+
+    def set_normals(self, features: Sequence[list[torch.Tensor]], coreset: int | None = None, seed: int = 0) -> None:
+        """Memory bank from :meth:`extract_normals` output; ``coreset`` bounds each layer's bank."""
+        if not features:
             raise ValueError("no normal reference image to build the memory bank from")
-        bank = [torch.cat(f) for f in feats]
+        bank = [torch.cat([f[layer] for f in features]) for layer in range(len(self.memory_layers))]
         if coreset is not None:
             bank = [b[greedy_coreset(b, coreset, seed).to(b.device)] for b in bank]
         self.bank = bank
+
+    def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
+        """Memory bank of patch features (outputs of ``memory_layers``) of normal images."""
+        self.set_normals(self.extract_normals(batches), coreset, seed)
 
     def clear_normals(self) -> None:
         self.bank = None
@@ -117,7 +122,7 @@ class AlfaMethod:
         maps = upsample(patch_map, bb.image_size)
         if self.sigma > 0:
             maps = torch.from_numpy(ndimage.gaussian_filter(maps.cpu().numpy(), sigma=(0, self.sigma, self.sigma)))
-        return BatchScores(scores.cpu(), global_scores.cpu(), maps.cpu(), keep_n.cpu(), keep_a.cpu())
+        return BatchScores(scores.cpu(), global_scores.cpu(), maps.cpu(), keep_n.cpu(), keep_a.cpu(), g.cpu())
 
     def _language_map(self, z: torch.Tensor, g: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Fine-grained aligner: local embeddings per window, eq. (11), harmonic aggregation

@@ -19,6 +19,7 @@ class BatchScores:
     maps: torch.Tensor  # (B, h, w) anomaly maps at the model's input resolution
     kept_normal: torch.Tensor | None  # (B, N+) bool: prompts kept per image; None = all
     kept_abnormal: torch.Tensor | None  # (B, N-) bool; None = all
+    embeddings: torch.Tensor | None = None  # (B, D) global image embeddings
 
 
 class WindowGeometry:

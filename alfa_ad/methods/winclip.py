@@ -53,21 +53,28 @@ class WinClipMethod:
         return g, windows, bb.patch_tokens(last)
 
     @torch.inference_mode()
-    def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
-        """Store the reference images' patch tokens and window embeddings (WinCLIP+)."""
-        patches, windows = [], [[] for _ in self.geometry.scales]
+    def extract_normals(self, batches: Iterable[torch.Tensor]) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Per normal image: its patch tokens ``(P, W)`` and window embeddings per scale ``(n, D)``."""
+        out = []
         for pixels in batches:
             _, win, pt = self._encode(pixels)
-            patches.append(pt.reshape(-1, pt.shape[-1]))
-            for store, w in zip(windows, win):
-                store.append(w.reshape(-1, w.shape[-1]))
-        if not patches:
+            out += [(pt[i], [w[i] for w in win]) for i in range(pixels.shape[0])]
+        return out
+
+    def set_normals(self, features, coreset: int | None = None, seed: int = 0) -> None:
+        """Reference embeddings from :meth:`extract_normals` output (WinCLIP+)."""
+        if not features:
             raise ValueError("no normal reference image to build the memory bank from")
-        ref_p, ref_w = torch.cat(patches), [torch.cat(w) for w in windows]
+        ref_p = torch.cat([f[0] for f in features])
+        ref_w = [torch.cat([f[1][s] for f in features]) for s in range(len(self.geometry.scales))]
         if coreset is not None:
             ref_p = ref_p[greedy_coreset(ref_p, coreset, seed).to(ref_p.device)]
             ref_w = [w[greedy_coreset(w, coreset, seed).to(w.device)] for w in ref_w]
         self.ref_patches, self.ref_windows = ref_p, ref_w
+
+    def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
+        """Store the reference images' patch tokens and window embeddings (WinCLIP+)."""
+        self.set_normals(self.extract_normals(batches), coreset, seed)
 
     def clear_normals(self) -> None:
         self.ref_patches = self.ref_windows = None
@@ -98,4 +105,4 @@ class WinClipMethod:
             patch_map = 0.5 * (patch_map + few_map)
             scores = 0.5 * (global_scores + few_map.flatten(1).amax(-1))
         maps = upsample(patch_map, self.backbone.image_size)
-        return BatchScores(scores.cpu(), global_scores.cpu(), maps.cpu(), None, None)  # every prompt is used
+        return BatchScores(scores.cpu(), global_scores.cpu(), maps.cpu(), None, None, g.cpu())  # every prompt is used
