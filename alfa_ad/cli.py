@@ -94,7 +94,8 @@ def _run(detector: Detector, dataset: dict, out: Path, overlays: bool, config: d
 
 def _detector(method: str, model: str, pretrained: str, checkpoint: Optional[Path], weights: str, seed: int,
               device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int,
-              prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False) -> Detector:
+              prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False,
+              text: bool = True) -> Detector:
     if method not in ("alfa", "winclip"):
         fail(f"--method must be alfa or winclip, got {method!r}")
     if batch_size < 1:
@@ -104,6 +105,10 @@ def _detector(method: str, model: str, pretrained: str, checkpoint: Optional[Pat
     options: dict[str, Any] = {"anomalib_compat": True} if anomalib_compat else {}
     if anomalib_compat and method != "winclip":
         fail("--anomalib-compat applies to --method winclip only")
+    if not text:
+        if method != "alfa":
+            fail("--no-text applies to --method alfa only")
+        options["use_text"] = False
     try:
         return Detector(method=method, model=model, pretrained=pretrained, checkpoint=checkpoint, weights=weights,
                         seed=seed, device=device, scales=_parse_ints(scales, "--scales"),
@@ -159,7 +164,7 @@ def run(
     seed: int = typer.Option(0, "--seed", help="Seed for sampling references (and random weights)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma list of seeds: one run each, mean ± std."),
     normals: Optional[Path] = typer.Option(None, "--normals", help="Folder of normal references (or DIR/<class>)."),
-    coreset: Optional[int] = typer.Option(None, "--coreset", help="Bound the memory bank (greedy k-center per layer)."),
+    coreset: Optional[int] = typer.Option(4096, "--coreset", help="Most memory-bank features per layer (greedy k-center)."),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="Folder of extra normal images for thresholds."),
     fpr: float = typer.Option(0.01, "--fpr", help="Target false-positive rate of the thresholds."),
     classes: Optional[str] = typer.Option(None, "--classes", help="mvtec, visa, or a comma list of classes."),
@@ -167,6 +172,7 @@ def run(
     method: str = typer.Option("alfa", "--method", help="alfa or winclip."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
     llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts (ALFA)."),
+    text: bool = typer.Option(True, "--text/--no-text", help="ALFA few-shot: --no-text scores with the memory bank alone."),
     explain: int = typer.Option(0, "--explain", help="Write the top-N LLM descriptors per image."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="open_clip model name."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
@@ -199,7 +205,9 @@ def run(
         fail(str(exc))
     seed_list = _parse_ints(seeds, "--seeds", minimum=0) if seeds else (seed,)
     detector = _detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir, batch_size,
-                         prompts, llm, anomalib_compat)
+                         prompts, llm, anomalib_compat, text)
+    if not text and shots == "0":
+        fail("--no-text needs normal references (--shots k or all)")
     say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
     reports = []
     for s in seed_list:
@@ -207,7 +215,7 @@ def run(
                   "checkpoint": str(checkpoint) if checkpoint else None, "weights": detector.weights_label,
                   "weights_source": detector.backbone.weights.as_dict(),
                   "scales": list(detector.method.geometry.scales), "prompt_sources": [x.name for x in detector.sources],
-                  "prompts_file": str(prompts) if prompts else None, "anomalib_compat": anomalib_compat,
+                  "prompts_file": str(prompts) if prompts else None, "anomalib_compat": anomalib_compat, "text": text,
                   "normals": str(normals) if normals else None, "coreset": coreset,
                   "calibrate": str(calibrate) if calibrate else None, "fpr": fpr, "data": str(data),
                   "torch_seed_weights": seed, "version": __version__}

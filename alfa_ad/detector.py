@@ -271,8 +271,8 @@ class Detector:
                         n_prompts={"normal": len(ps.normal), "abnormal": len(ps.abnormal)},
                         method=self.method.name,
                         weights=self.weights_label,
-                        decision=None if th is None else score >= th.image,
-                        mask=None if th is None else amap >= th.pixel,
+                        decision=None if th is None else score > th.image,
+                        mask=None if th is None else amap > th.pixel,
                         descriptors=self._top_descriptors(out.embeddings[i], class_name, explain) if explain else [],
                     )
                 )

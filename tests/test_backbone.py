@@ -96,8 +96,10 @@ def test_windows_on_the_red_spot_align_with_abnormal_prompt(planted_backbone, ma
     _, tokens, z = _features(bb, [img])
     windows = make_window_indices(bb.grid, 2)
     emb = bb.local_embeddings(z, windows) if kind == "local" else bb.masked_window_embeddings(tokens, windows)
-    text = F.normalize(bb.encode_text([ABNORMAL_PROMPT]), dim=-1)[0]
-    cos = (F.normalize(emb[0], dim=-1) @ text).numpy()  # (n_windows,)
+    text = F.normalize(bb.encode_text([ABNORMAL_PROMPT, NORMAL_PROMPT]), dim=-1)
+    sims = F.normalize(emb[0], dim=-1) @ text.T  # (n_windows, 2)
+    # what the methods compare: similarity to the abnormal minus to the normal prompt
+    cos = (sims[:, 0] - sims[:, 1]).numpy()
 
     frac = _patch_red_fraction(mask, bb).ravel()[windows.numpy()].mean(1)  # red fraction per window
     on_spot, off_spot = cos[frac >= 0.5], cos[frac == 0]

@@ -123,13 +123,14 @@ def test_batching_does_not_change_results(acceptance_set, planted_backbone):
 # ------------------------------------------------------------------ real images
 @pytest.mark.data
 def test_hazelnut_toy_real_photos(shared_data, planted_backbone):
-    """Real phone photos with painted colour spots (only some are red) on a yellow background.
+    """Real phone photos with painted colour spots (red, green, blue) on a yellow background.
 
-    The planted cue is redness R - (G + B) / 2, and yellow (R, G high, B low) is "red"
-    under it, so the pixel AUROC against the defect masks is reported, not asserted.
-    What must hold on real JPEGs is the alignment: the map follows the redness of the
-    photo at the right place (not transposed, not flipped).
+    The planted cue is "paint": red, green or blue rather than grey/cream/yellow
+    (``planted.paint_cue``).  Thin paint lines are small against 16-pixel patches, so the
+    pixel AUROC must beat chance clearly but is far from perfect; what must hold exactly
+    is the alignment: the map follows the cue at the right place (not transposed/flipped).
     """
+    from alfa_ad.model.planted import paint_cue
     from alfa_ad.io.datasets import class_samples
     from alfa_ad.io.images import load_image
 
@@ -155,19 +156,19 @@ def test_hazelnut_toy_real_photos(shared_data, planted_backbone):
     image = roc_auc_score([s.label for s in chosen], [r.score for r in results])
     print(f"\nhazelnut_toy (planted weights, alfa, {len(chosen)} images): "
           f"pixel AUROC {pixel:.4f}, image AUROC {image:.4f}")
-    assert 0.0 <= pixel <= 1.0
+    assert pixel > 0.6 and image > 0.6
 
     # alignment with the planted cue, at patch resolution (15x15)
     correct, transposed, flipped = [], [], []
     for s, r in zip(chosen, results):
         rgb = np.asarray(load_image(s.path).resize((240, 240), Image.BICUBIC), dtype=np.float64) / 255
-        red = (rgb[..., 0] - (rgb[..., 1] + rgb[..., 2]) / 2).reshape(15, 16, 15, 16).mean(axis=(1, 3))
+        red = paint_cue(rgb.reshape(15, 16, 15, 16, 3).mean(axis=(1, 3)))
         amap = F.adaptive_avg_pool2d(torch.from_numpy(r.anomaly_map)[None], (15, 15))[0].numpy()
         corr = lambda a: float(np.corrcoef(a.ravel(), amap.ravel())[0, 1])  # noqa: E731
         correct.append(corr(red))
         transposed.append(corr(red.T))
         flipped.append(corr(red[::-1]))
-    assert min(correct) > 0.75, correct
+    assert min(correct) > 0.3 and np.mean(correct) > 0.7, correct
     assert np.mean(correct) > np.mean(transposed) + 0.1
     assert np.mean(correct) > np.mean(flipped) + 0.1
 

@@ -83,6 +83,10 @@ def _visa_rows(root: Path) -> list[dict[str, str]]:
     need = {"object", "split", "label", "image", "mask"}
     if not rows or not need <= set(rows[0]):
         raise InputError(f"{path}: not a VisA split file (needs columns {', '.join(sorted(need))})")
+    for line, r in enumerate(rows, start=2):
+        if None in r or any(v is None for v in r.values()):
+            raise InputError(f"{path}: line {line} has {len([v for v in r.values() if v is not None])} fields, "
+                             f"the header has {len(rows[0]) - (None in rows[0])}")
     return rows
 
 
@@ -99,8 +103,11 @@ def visa_samples(root: Path, classes: Sequence[str] | None) -> tuple[dict[str, l
     for r in rows:
         if r["object"] not in out or r["split"] != "test":
             continue
+        if not (r.get("image") or "").strip() or r.get("label") is None:
+            raise InputError(f"{root / VISA_SPLIT}: row for {r['object']!r} lacks its image or label field")
         anomalous = r["label"].strip().lower() not in ("normal", "good", "0")
-        mask = root / r["mask"] if anomalous and r["mask"].strip() else None
+        mask_field = (r.get("mask") or "").strip()
+        mask = root / mask_field if anomalous and mask_field else None
         if anomalous and (mask is None or not mask.is_file()):
             warnings.append(f"{root / r['image']}: defect image without mask; counted for image metrics only")
             mask = None
@@ -113,8 +120,10 @@ def train_images(root: str | Path, class_name: str) -> list[Path]:
     """Normal training images of a class: ``<class>/train/good`` (MVTec) or the VisA train split."""
     root = Path(root)
     if is_visa_root(root):
-        return sorted(root / r["image"] for r in _visa_rows(root)
-                      if r["object"] == class_name and r["split"] == "train")
+        rows = [r for r in _visa_rows(root) if r["object"] == class_name and r["split"] == "train"]
+        if any(not (r.get("image") or "").strip() for r in rows):
+            raise InputError(f"{root / VISA_SPLIT}: a train row of {class_name!r} lacks its image field")
+        return sorted(root / r["image"].strip() for r in rows)
     folder = root if is_class_folder(root) and root.name == class_name else root / class_name
     good = folder / "train" / "good"
     if not good.is_dir():

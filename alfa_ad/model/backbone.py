@@ -313,7 +313,7 @@ def load_backbone(
         from .planted import build_planted_clip
 
         clip, tokenizer = build_planted_clip()
-        return ClipBackbone(clip, tokenizer, WeightsInfo("planted-vit", "planted", "colour cue: red"), device, half)
+        return ClipBackbone(clip, tokenizer, WeightsInfo("planted-vit", "planted", "colour cue: red, green or blue paint"), device, half)
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -107,13 +107,13 @@ QUERIES: tuple[Query, ...] = (
         "abnormal", "abnormal",
         "How to identify an abnormal {cls} in an image? "
         "State each description beginning with: An abnormal image of {cls}. "
-        "Write one description per line.",
+        "Write 10 different short descriptions, one per line.",
     ),
     Query(
         "normal", "normal",
         "How to identify a normal {cls} in an image? "
         "State each description beginning with: A normal image of {cls}. "
-        "Write one description per line.",
+        "Write 10 different short descriptions, one per line.",
     ),
     Query(
         "descriptors", "descriptors",
@@ -272,21 +272,29 @@ def parse_reply(
         if not line or _HEADING.match(line):
             continue
         line = " ".join(_strip_markup(line).split())
-        if not line or line.endswith((":", "?")) or _PREAMBLE.match(line):
-            continue
-        if not any(ch.isalpha() for ch in line) or len(line.split()) < min_words:
-            continue
-        line = _truncate(line, max_words, max_chars)
-        if len(line.split()) < min_words:
-            continue
-        key = _dedupe_key(line)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(line)
-        if len(out) >= max_items:
-            break
+        for sentence in _SENTENCE_BREAK.split(line):
+            if _keep(sentence, out, seen, min_words, max_words, max_chars) and len(out) >= max_items:
+                return out
     return out
+
+
+# Small models often put several descriptions on one line: split at sentence ends.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!])\s+(?=[A-Z])")
+
+
+def _keep(line: str, out: list[str], seen: set[str], min_words: int, max_words: int, max_chars: int) -> bool:
+    """Append ``line`` to ``out`` if it is a usable, new description; return whether it was."""
+    if not line or line.endswith((":", "?")) or _PREAMBLE.match(line):
+        return False
+    if not any(ch.isalpha() for ch in line) or len(line.split()) < min_words:
+        return False
+    line = _truncate(line, max_words, max_chars)
+    key = _dedupe_key(line)
+    if len(line.split()) < min_words or key in seen:
+        return False
+    seen.add(key)
+    out.append(line)
+    return True
 
 
 # --------------------------------------------------------------------------- client
