@@ -15,7 +15,7 @@ from rich.table import Table
 from . import __version__
 from .detector import Detector
 from .io.datasets import discover, train_images
-from .io.images import ImageLoadError, InputError, iter_image_files
+from .io.images import InputError, iter_image_files
 from .model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailableError
 from .prompting.library import LibraryError
 from .runner import RunReport, aggregate_seeds, metrics_table, run_dataset, write_seed_summary

@@ -21,8 +21,6 @@ from .prompting import AlfaTemplateSource, PromptSet, PromptSource, WinClipEnsem
 from .prompting.library import LLMPromptSource, load_library
 from .prompting.templates import WINCLIP_TEMPLATES, WINCLIP_TEMPLATES_ANOMALIB
 
-ImageLike = "str | Path | Image.Image | np.ndarray"
-
 
 @dataclass
 class Thresholds:

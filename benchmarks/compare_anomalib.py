@@ -18,12 +18,12 @@ mode, feeds both the same preprocessed images from ``--data``, and prints
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 from pathlib import Path
 
 import torch
+
+from _timing import median_seconds
 
 from alfa_ad import Detector
 from alfa_ad.io.datasets import discover
@@ -52,15 +52,6 @@ def anomalib_model(state_dict: dict, class_name: str, reference: torch.Tensor | 
         open_clip.create_model_and_transforms = original
     return model.eval()
 
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -108,9 +99,9 @@ def main() -> None:
         alfa = Detector(backbone, method="alfa", cache_dir=None)
         wt, at = win._text_state(cls), alfa._text_state(cls)
         px = pixels[0]
-        t_anomalib = median_time(lambda: theirs(px), args.repeats)
-        t_winclip = median_time(lambda: win.method(px, wt), args.repeats)
-        t_alfa = median_time(lambda: alfa.method(px, at), args.repeats)
+        t_anomalib = median_seconds(lambda: theirs(px), args.repeats)
+        t_winclip = median_seconds(lambda: win.method(px, wt), args.repeats)
+        t_alfa = median_seconds(lambda: alfa.method(px, at), args.repeats)
         print(f"  latency per image: anomalib WinCLIP {t_anomalib * 1000:.0f} ms, ours winclip {t_winclip * 1000:.0f} ms "
               f"({t_winclip / t_anomalib:.2f}x), ours alfa {t_alfa * 1000:.0f} ms ({t_alfa / t_anomalib:.2f}x)")
 

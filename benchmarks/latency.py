@@ -14,24 +14,16 @@ the weight values.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
+from PIL import Image
+
+from _timing import median_seconds
 
 from alfa_ad import Detector
 from alfa_ad.model import load_backbone
 
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -49,7 +41,7 @@ def main() -> None:
     print(f"model {args.model}, random weights, {w}x{h} px, device {backbone.device}, "
           f"torch threads {torch.get_num_threads()}, median of {args.repeats} after 1 warm-up")
 
-    pixels = backbone.preprocess([__import__("PIL.Image", fromlist=["Image"]).fromarray(image)])
+    pixels = backbone.preprocess([Image.fromarray(image)])
 
     def forward() -> None:
         with torch.inference_mode():

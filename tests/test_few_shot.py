@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
