@@ -85,10 +85,9 @@ def _run(detector: Detector, dataset: dict, out: Path, overlays: bool, config: d
     if report.metrics:
         _print_table(metrics_table(report.metrics, report.mean_metrics()),
                      f"alfa-ad {config['method']}, {config['shots']}-shot - {config['weights']}")
-    say(f"{len(report.rows)} images scored, {len(report.errors)} skipped, {report.seconds:.1f} s; "
-        f"outputs in {out} ({config['weights']})")
-    if not report.rows:
-        raise typer.Exit(1)
+    skipped_classes = sum(e.startswith("class ") for e in report.errors)
+    say(f"{len(report.rows)} images scored, {len(report.errors) - skipped_classes} images skipped, "
+        f"{skipped_classes} classes skipped, {report.seconds:.1f} s; outputs in {out} ({config['weights']})")
     return report
 
 
@@ -190,6 +189,7 @@ def run(
 
     if shots != "all" and not shots.isdigit():
         fail(f"--shots must be a number or 'all', got {shots!r}")
+    shots = shots if shots == "all" else str(int(shots))  # "00" -> "0"
     if normals is not None and not normals.is_dir():
         fail(f"{normals}: --normals folder not found")
     if calibrate is not None and not calibrate.is_dir():
@@ -203,7 +203,7 @@ def run(
         dataset, warnings = discover(data, wanted, class_name)
     except (InputError, ValueError) as exc:
         fail(str(exc))
-    seed_list = _parse_ints(seeds, "--seeds", minimum=0) if seeds else (seed,)
+    seed_list = tuple(dict.fromkeys(_parse_ints(seeds, "--seeds", minimum=0))) if seeds else (seed,)
     detector = _detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir, batch_size,
                          prompts, llm, anomalib_compat, text)
     if not text and shots == "0":
@@ -228,6 +228,8 @@ def run(
         detector.clear_normals()
         reports.append(_run(detector, dataset, target, overlays, config, explain=explain, prepare=prepare,
                             warnings=list(warnings)))
+    if not any(r.rows for r in reports):
+        raise typer.Exit(1)
     if len(seed_list) > 1:
         rows = write_seed_summary(out, {**reports[0].config, "seed": None}, seed_list, aggregate_seeds(reports))
         _print_table(rows, f"mean ± std over seeds {','.join(map(str, seed_list))} - {detector.weights_label}")
@@ -255,7 +257,8 @@ def demo(
               "scales": [2, 3], "prompt_sources": [s.name for s in detector.sources], "data": str(data),
               "version": __version__}
     dataset, warnings = discover(data)
-    _run(detector, dataset, out / "results", True, config, warnings=warnings)
+    if not _run(detector, dataset, out / "results", True, config, warnings=warnings).rows:
+        raise typer.Exit(1)
 
 
 @app.command("generate-prompts")

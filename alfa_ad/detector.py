@@ -55,8 +55,8 @@ class DetectionResult:
     n_prompts: dict[str, int]  # totals before adaptation
     method: str
     weights: str  # weights label, says "random weights" when they are
-    decision: bool | None = None  # score >= image threshold, when thresholds are calibrated
-    mask: np.ndarray | None = None  # anomaly_map >= pixel threshold, when calibrated
+    decision: bool | None = None  # score > image threshold, when thresholds are calibrated
+    mask: np.ndarray | None = None  # anomaly_map > pixel threshold, when calibrated
     descriptors: list[tuple[str, float]] = field(default_factory=list)  # top LLM descriptors (explain)
 
     def summary(self) -> dict[str, Any]:
@@ -184,6 +184,7 @@ class Detector:
         """
         if not images:
             raise ValueError("fit_normals needs at least one normal reference image")
+        self.thresholds = None  # thresholds belong to the bank they were calibrated with
         pil = [load_image(im) for im in images]
         warnings = []
         sizes = sorted({im.size for im in pil})

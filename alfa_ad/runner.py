@@ -66,7 +66,9 @@ class RunReport:
         header = {"alfa_ad_version": __version__, "weights": self.config.get("weights"), "config": self.config}
         atomic_write_text(self.out / "scores.json", json.dumps(
             {**header, "images": self.rows, "errors": self.errors, "warnings": self.warnings}, indent=1))
-        if not self.metrics:
+        if not self.metrics:  # nothing measurable: no stale metrics of an earlier run may stay
+            for name in ("metrics.json", "metrics.csv", "metrics.md"):
+                (self.out / name).unlink(missing_ok=True)
             return
         atomic_write_text(self.out / "metrics.json", json.dumps(
             {**header, "metrics": self.metrics, "mean": self.mean_metrics(), "classes": self.classes,

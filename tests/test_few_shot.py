@@ -446,3 +446,22 @@ def test_cli_calibrate_folder_writes_thresholds_and_decisions(mvtec_root, tmp_pa
         if float(r["score"]) != th["image"]:
             assert (float(r["score"]) > th["image"]) == (r["decision"] == "anomalous")
     assert "image threshold" in result.output
+
+
+def test_refitting_drops_thresholds_of_the_previous_bank(planted_backbone):
+    det = Detector(planted_backbone, cache_dir=None)
+    det.fit_normals([_noisy(64, 64, 300 + i) for i in range(3)])
+    det.calibrate(class_name="a")
+    assert det.thresholds is not None
+    det.fit_normals([_noisy(64, 64, 400)])  # another class, one reference: no calibration possible
+    assert det.thresholds is None
+    r = det(_noisy(64, 64, 401), "b")
+    assert r.decision is None and r.mask is None
+
+
+def test_prepare_text_lives_on_the_model_device(planted_backbone):
+    for method in ("alfa", "winclip"):
+        det = Detector(planted_backbone, method=method, cache_dir=None)
+        state = det._text_state("widget")
+        tensors = state if isinstance(state, tuple) else (state,)
+        assert all(t.device == planted_backbone.device for t in tensors)

@@ -404,3 +404,29 @@ def test_explain_similarities_are_cosines_to_the_image_embedding(planted_backbon
         assert s == pytest.approx(expected[t], abs=1e-5)
     assert [s for _, s in r.descriptors] == pytest.approx(sorted(expected.values(), reverse=True), abs=1e-5)
     assert det(img, "widget").descriptors == []  # explain=0: none
+
+
+def test_rerun_without_labels_removes_stale_metrics(tmp_path):
+    """Reusing an output folder: metrics of an earlier labelled run must not survive a run
+    that has nothing to measure (they would describe other scores)."""
+    data = make_synthetic_dataset(tmp_path / "data", n_good=1, n_defect=2)
+    out = tmp_path / "out"
+    assert invoke("run", "--data", data, "--out", out, *FAST).exit_code == 0
+    assert (out / "metrics.json").is_file() and (out / "metrics.md").is_file()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    Image.fromarray(grey_texture(64, 64, 0)).save(plain / "a.png")
+    result = invoke("run", "--data", plain, "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert not any((out / n).exists() for n in ("metrics.json", "metrics.csv", "metrics.md"))
+    rows = json.loads((out / "scores.json").read_text())["images"]
+    assert [Path(r["path"]).name for r in rows] == ["a.png"]
+
+
+def test_duplicate_seeds_run_once(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", n_good=1, n_defect=1)
+    out = tmp_path / "out"
+    result = invoke("run", "--data", data, "--out", out, "--seeds", "0,0", *FAST)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("--- seed") == 0  # one distinct seed: a single plain run
+    assert (out / "scores.csv").is_file() and not (out / "seed_0").exists()

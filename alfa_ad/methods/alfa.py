@@ -52,7 +52,8 @@ class AlfaMethod:
 
     def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-normalised prompt embeddings; the per-image selection happens in ``__call__``."""
-        return F.normalize(normal.float(), dim=-1), F.normalize(abnormal.float(), dim=-1)
+        device = self.backbone.device
+        return F.normalize(normal.float(), dim=-1).to(device), F.normalize(abnormal.float(), dim=-1).to(device)
 
     # ------------------------------------------------------------- few-shot
     @torch.inference_mode()

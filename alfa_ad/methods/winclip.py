@@ -41,7 +41,7 @@ class WinClipMethod:
 
     def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> torch.Tensor:
         """``(2, D)``: mean of the raw normal and of the raw abnormal prompt embeddings."""
-        return torch.stack([normal.float().mean(0), abnormal.float().mean(0)])
+        return torch.stack([normal.float().mean(0), abnormal.float().mean(0)]).to(self.backbone.device)
 
     def _encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Image embeddings ``(B, D)``, window embeddings per scale ``(B, n, D)``, patch tokens ``(B, P, W)``."""
