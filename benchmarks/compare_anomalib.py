@@ -61,6 +61,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=3, help="test images per dataset")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if not args.data.is_dir():
+        raise SystemExit(f"{args.data}: image folder not found; pass --data ROOT (e.g. ../shared/data)")
+    try:
+        import anomalib  # noqa: F401
+    except ImportError:
+        raise SystemExit('anomalib is not installed: pip install "anomalib==2.7.0" (benchmark-only dependency)')
     warnings.filterwarnings("ignore")
     torch.set_grad_enabled(False)
 
