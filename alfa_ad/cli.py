@@ -68,10 +68,8 @@ def _run(detector: Detector, dataset: dict, out: Path, overlays: bool, config: d
         def on_error(msg: str) -> None:
             progress.console.print(f"[yellow]skipped:[/] {escape(msg)}", soft_wrap=True, highlight=False)
 
-        report = run_dataset(detector, dataset, out, config, overlays=overlays, explain=explain, prepare=prepare,
-                             on_progress=on_progress, on_error=on_error)
-    report.warnings[:0] = warnings or []
-    report.write()
+        report = run_dataset(detector, dataset, out, config, overlays=overlays, explain=explain,
+                             warnings=warnings or [], prepare=prepare, on_progress=on_progress, on_error=on_error)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
     for cls, facts in report.classes.items():

@@ -16,7 +16,8 @@ from PIL import Image
 from .io.images import load_image
 from .methods import METHODS
 from .model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBackbone, load_backbone
-from .model.text_cache import TextEmbeddingCache, default_cache_dir
+from .io.paths import default_cache_dir
+from .model.text_cache import TextEmbeddingCache
 from .prompting import AlfaTemplateSource, PromptSet, PromptSource, WinClipEnsembleSource, combine
 from .prompting.library import LLMPromptSource, load_library
 from .prompting.templates import WINCLIP_TEMPLATES, WINCLIP_TEMPLATES_ANOMALIB

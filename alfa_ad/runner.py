@@ -151,18 +151,20 @@ def run_dataset(
     *,
     overlays: bool = True,
     explain: int = 0,
+    warnings: Sequence[str] = (),
     prepare: Prepare | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     on_error: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Score every sample, writing overlays as it goes and score files after every class.
 
+    ``warnings`` (e.g. from dataset discovery) go into every written report.
     ``prepare(detector, class_name)`` runs before each class (few-shot: fit the
     memory bank, calibrate) and returns facts for the report; raising
     ``ImageLoadError``/``ValueError`` there skips the class with the error recorded.
     """
     out.mkdir(parents=True, exist_ok=True)
-    report = RunReport(out, config)
+    report = RunReport(out, config, warnings=list(warnings))
     banner = None if detector.backbone.weights.meaningful else detector.weights_label
     t0 = time.perf_counter()
     for class_name, samples in dataset.items():

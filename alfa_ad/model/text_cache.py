@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -10,11 +9,6 @@ import numpy as np
 import torch
 
 from .backbone import ClipBackbone
-
-
-def default_cache_dir() -> Path:
-    """``$ALFA_AD_CACHE`` or ``./cache``."""
-    return Path(os.environ.get("ALFA_AD_CACHE", "cache"))
 
 
 class TextEmbeddingCache:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
+from ..io.paths import default_cache_dir
 from .library import TOOL, _version, find_class, load_library, new_library, save_library
 from .templates import readable_class_name
 
@@ -512,10 +513,6 @@ class LLMClient:
 
 
 # --------------------------------------------------------------------------- generation
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ALFA_AD_CACHE") or "cache")
-
-
 def open_reply_cache(cache_dir: str | os.PathLike[str] | None = None):
     """The process-safe reply cache ``<cache_dir>/llm-replies`` (a ``diskcache.Cache``)."""
     import diskcache
