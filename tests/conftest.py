@@ -16,10 +16,15 @@ import pytest
 RED = (220, 30, 30)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_text_cache(tmp_path_factory, monkeypatch):
-    """Keep the default text cache (``$ALFA_AD_CACHE`` or ./cache) out of the repository."""
-    monkeypatch.setenv("ALFA_AD_CACHE", str(tmp_path_factory.getbasetemp() / "default-cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_text_cache(tmp_path_factory):
+    """Keep the default disk cache (``$ALFA_AD_CACHE`` or ./cache) out of the working directory.
+
+    Session-scoped so that it is in place before any module- or class-scoped fixture
+    (a module fixture that runs the CLI would otherwise write ``./cache``)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ALFA_AD_CACHE", str(tmp_path_factory.getbasetemp() / "default-cache"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Command line: ``alfa-ad run``, ``alfa-ad demo``, ``alfa-ad generate-prompts``."""
+"""``alfa-ad run``: score a dataset and write scores, overlays and metrics."""
 
 from __future__ import annotations
 
@@ -7,50 +7,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from . import __version__
-from .detector import Detector
-from .io.datasets import discover, train_images
-from .io.images import InputError, iter_image_files
-from .model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailableError
-from .prompting.library import LibraryError
-from .runner import RunReport, aggregate_seeds, metrics_table, run_dataset, write_seed_summary
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Training-free visual anomaly detection (ALFA, WinCLIP).")
-console = Console(stderr=True)
-
-
-def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
-    raise typer.Exit(2)
-
-
-def say(message: str) -> None:
-    console.print(message, soft_wrap=True, highlight=False, markup=False)
-
-
-def _parse_ints(text: str, what: str, minimum: int = 1) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        fail(f"{what} must be comma-separated integers, got {text!r}")
-    if not values or min(values) < minimum:
-        fail(f"{what} must be integers >= {minimum}, got {text!r}")
-    return values
-
-
-def _print_table(rows: list[list[str]], title: str) -> None:
-    table = Table(title=escape(title))
-    for i, head in enumerate(rows[0]):
-        table.add_column(head, justify="left" if i == 0 else "right")
-    for r in rows[1:]:
-        table.add_row(*[escape(c) for c in r])
-    Console().print(table)
+from .. import __version__
+from ..detector import Detector
+from ..io.datasets import discover, train_images
+from ..io.images import InputError, iter_image_files
+from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailableError
+from ..prompting.library import LibraryError
+from ..runner import RunReport, aggregate_seeds, metrics_table, run_dataset, write_seed_summary
+from .common import _parse_ints, _print_table, app, console, fail, say
 
 
 def _run(detector: Detector, dataset: dict, out: Path, overlays: bool, config: dict, *, explain: int = 0,
@@ -183,7 +150,7 @@ def run(
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write heat-map overlays."),
 ) -> None:
     """Score every test image under --data; write scores, overlays and metrics to --out."""
-    from .prompting.llm import resolve_classes
+    from ..prompting.llm import resolve_classes
 
     if shots != "all" and not shots.isdigit():
         fail(f"--shots must be a number or 'all', got {shots!r}")
@@ -234,84 +201,3 @@ def run(
         say(f"seed summary in {out}/metrics_seeds.{{json,csv,md}}")
 
 
-@app.command()
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (synthetic images go to OUT/data)."),
-    method: str = typer.Option("alfa", "--method", help="alfa or winclip."),
-    weights: str = typer.Option("planted", "--weights",
-                                help="planted (hand-made test model, default), random, or pretrained."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model"),
-    pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained"),
-    device: Optional[str] = typer.Option(None, "--device"),
-) -> None:
-    """Generate synthetic parts with painted red spots and run the whole pipeline on them."""
-    from .demo import make_synthetic_dataset
-
-    data = make_synthetic_dataset(out / "data")
-    detector = _detector(method, model, pretrained, None, weights, 0, device, "2,3", None, 8)
-    say(f"alfa-ad demo: {method}, {detector.weights_label}")
-    config = {"method": method, "shots": 0, "model": detector.backbone.weights.model_name,
-              "weights": detector.weights_label, "weights_source": detector.backbone.weights.as_dict(),
-              "scales": [2, 3], "prompt_sources": [s.name for s in detector.sources], "data": str(data),
-              "version": __version__}
-    dataset, warnings = discover(data)
-    if not _run(detector, dataset, out / "results", True, config, warnings=warnings).rows:
-        raise typer.Exit(1)
-
-
-@app.command("generate-prompts")
-def generate_prompts(
-    classes: str = typer.Option(..., "--classes", help="mvtec, visa, or a comma list of class names."),
-    model: str = typer.Option("gpt-4o-mini", "--model", help="LLM model name on the server."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (default $OPENAI_BASE_URL or OpenAI)."),
-    out: Path = typer.Option(Path("prompts/generated.json"), "--out", help="Prompt library file to write or complete."),
-    refresh: bool = typer.Option(False, "--refresh", help="Ask again even when replies are cached or classes done."),
-    temperature: float = typer.Option(0.0, "--temperature"),
-    max_tokens: int = typer.Option(1024, "--max-tokens"),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds per request."),
-    retries: int = typer.Option(4, "--retries", help="Retries after the first try, with backoff."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
-) -> None:
-    """Ask an LLM (OpenAI protocol) for normal/abnormal descriptions of each class; write a prompt library.
-
-    The API key comes from $OPENAI_API_KEY and is never logged, cached or written.
-    """
-    from .prompting.llm import LLMConfig, LLMError, generate_library, resolve_classes
-
-    try:
-        names = resolve_classes(classes)
-        config = LLMConfig(model=model, base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-                           timeout=timeout, max_retries=retries)
-    except ValueError as exc:
-        fail(str(exc))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        task = progress.add_task("generating", total=len(names))
-
-        def on_progress(ev) -> None:
-            if ev.status in ("done", "skipped", "failed"):
-                progress.update(task, advance=1, description=f"{ev.status} {escape(ev.class_name)}")
-            if ev.status == "failed":
-                progress.console.print(f"[yellow]failed:[/] {escape(ev.detail)}", soft_wrap=True, highlight=False)
-
-        try:
-            library, errors = generate_library(names, config, out, cache_dir=cache_dir, refresh=refresh,
-                                               on_progress=on_progress)
-        except (LLMError, LibraryError, ValueError, OSError) as exc:
-            fail(str(exc))
-    done = [c for c in names if c in library.get("classes", {})]
-    for c in done:
-        entry = library["classes"][c]
-        say(f"{c}: {len(entry['normal'])} normal, {len(entry['abnormal'])} abnormal, "
-            f"{len(entry.get('descriptors', []))} descriptors")
-    say(f"{len(done)} of {len(names)} classes in {out}; {len(errors)} failed")
-    if errors:
-        raise typer.Exit(1)
-
-
-def main() -> None:  # pragma: no cover
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,15 @@
+"""Command line: one module per command, all registered on one Typer ``app``.
+
+A new command lives in its own module here and is imported below.
+"""
+
+from __future__ import annotations
+
+from . import demo, prompts, run  # noqa: F401  (each registers its commands on ``app``)
+from .common import app, console, fail, say
+
+__all__ = ["app", "console", "fail", "say", "main"]
+
+
+def main() -> None:  # pragma: no cover
+    app()
