@@ -192,7 +192,7 @@ def test_run_rejects_bad_shots(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (("--method", "bogus"), "--method must be alfa or winclip"),
+    (("--method", "bogus"), "--method must be one of alfa, winclip"),
     (("--scales", "2,x"), "--scales must be comma-separated integers"),
     (("--scales", "0"), "--scales must be integers >= 1"),
     (("--batch-size", "0"), "--batch-size must be at least 1"),

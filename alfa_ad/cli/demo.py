@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..io.datasets import discover
-from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import app, say
 from .run import _detector, _run
 

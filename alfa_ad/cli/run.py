@@ -14,7 +14,9 @@ from .. import __version__
 from ..detector import Detector
 from ..io.datasets import discover, train_images
 from ..io.images import InputError, iter_image_files
-from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailableError
+from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..model.weights import WeightsUnavailableError
+from ..registry import METHODS
 from ..prompting.library import LibraryError
 from ..runner import RunReport, aggregate_seeds, metrics_table, run_dataset, write_seed_summary
 from .common import _parse_ints, _print_table, app, console, fail, say
@@ -59,9 +61,9 @@ def _run(detector: Detector, dataset: dict, out: Path, overlays: bool, config: d
 def _detector(method: str, model: str, pretrained: str, checkpoint: Optional[Path], weights: str, seed: int,
               device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int,
               prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False,
-              text: bool = True) -> Detector:
-    if method not in ("alfa", "winclip"):
-        fail(f"--method must be alfa or winclip, got {method!r}")
+              text: bool = True, tile: str = "auto") -> Detector:
+    if method not in METHODS:
+        fail(f"--method must be one of {', '.join(METHODS.names())}, got {method!r}")
     if batch_size < 1:
         fail("--batch-size must be at least 1")
     if prompts is not None and not prompts.is_file():
@@ -74,10 +76,11 @@ def _detector(method: str, model: str, pretrained: str, checkpoint: Optional[Pat
             fail("--no-text applies to --method alfa only")
         options["use_text"] = False
     try:
-        return Detector(method=method, model=model, pretrained=pretrained, checkpoint=checkpoint, weights=weights,
-                        seed=seed, device=device, scales=_parse_ints(scales, "--scales"),
+        return Detector(method=method, model=model, pretrained=pretrained,
+                        checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
+                        seed=seed, device=device, scales=_parse_ints(scales, "--scales"), tile=tile,
                         cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,
-                        prompts=prompts, llm_prompts=llm, **options)
+                        prompts=str(prompts) if prompts else None, llm_prompts=llm, **options)
     except (WeightsUnavailableError, LibraryError, ValueError) as exc:
         fail(str(exc))
 
@@ -144,6 +147,9 @@ def run(
     weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test) or planted (test model)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     scales: str = typer.Option("2,3", "--scales", help="Window sizes in patches."),
+    tile: str = typer.Option("auto", "--tile", help="auto, none or a tile side in pixels: score large or elongated "
+                             "images in overlapping square tiles (auto: when squashing would distort by > 2:1 or "
+                             "shrink by > 4.5x; docs/method.md)."),
     anomalib_compat: bool = typer.Option(False, "--anomalib-compat", help="WinCLIP exactly as anomalib 2.x computes it."),
     batch_size: int = typer.Option(8, "--batch-size"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
@@ -170,7 +176,7 @@ def run(
         fail(str(exc))
     seed_list = tuple(dict.fromkeys(_parse_ints(seeds, "--seeds", minimum=0))) if seeds else (seed,)
     detector = _detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir, batch_size,
-                         prompts, llm, anomalib_compat, text)
+                         prompts, llm, anomalib_compat, text, tile)
     if not text and shots == "0":
         fail("--no-text needs normal references (--shots k or all)")
     say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
