@@ -22,7 +22,7 @@ class DetectorConfig:
     """
 
     method: str = "alfa"
-    model: str = DEFAULT_MODEL
+    model: str | None = DEFAULT_MODEL  # None: the default, or the one a checkpoint's manifest names
     pretrained: str = DEFAULT_PRETRAINED
     checkpoint: str | None = None
     weights: str = "pretrained"

@@ -465,3 +465,39 @@ def test_prepare_text_lives_on_the_model_device(planted_backbone):
         state = det._text_state("widget")
         tensors = state if isinstance(state, tuple) else (state,)
         assert all(t.device == planted_backbone.device for t in tensors)
+
+
+def test_detect_remembers_memory_banks_by_reference_content(spot_set, monkeypatch, tmp_path):
+    """A repeated detect(image, normals) reuses the fitted bank (no forward pass on the
+    references); other references, or the same pixels under another name, behave as such."""
+    from alfa_ad.detector import BANK_CACHE_SIZE, _cached_detector
+    from alfa_ad.methods.alfa import AlfaMethod
+
+    calls = []
+    original = AlfaMethod.extract_normals
+
+    def counting(self, batches):
+        calls.append(1)
+        return original(self, batches)
+
+    monkeypatch.setattr(AlfaMethod, "extract_normals", counting)
+    img = spot_set[0][0]
+    refs = _clean(2, seed=400)
+    paths = []
+    for i, r in enumerate(refs):
+        paths.append(tmp_path / f"ref{i}.png")
+        Image.fromarray(r).save(paths[-1])
+    opts = dict(weights="planted", cache_dir=None, use_text=False)
+    first = detect(img, "widget", normals=refs, **opts)
+    second = detect(img, "widget", normals=[r.copy() for r in refs], **opts)  # same content, new objects
+    assert len(calls) == 1 and second.score == first.score
+    np.testing.assert_array_equal(second.anomaly_map, first.anomaly_map)
+    by_path = detect(img, "widget", normals=paths, **opts)  # file bytes differ from array bytes: a new key
+    again = detect(img, "widget", normals=paths, **opts)
+    assert len(calls) == 2 and again.score == by_path.score == pytest.approx(first.score, abs=1e-6)
+    other = detect(img, "widget", normals=_clean(2, seed=500), **opts)
+    assert len(calls) == 3 and other.score != first.score
+    det = _cached_detector(tuple(sorted(opts.items())))
+    assert len(det._banks) <= BANK_CACHE_SIZE
+    zero = detect(img, "widget", weights="planted", cache_dir=None)  # another option set: zero-shot
+    assert zero.decision is None

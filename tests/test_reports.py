@@ -142,6 +142,33 @@ def test_visa_short_row_is_reported_not_crashed(tmp_path):
         discover(root)
 
 
+def test_visa_labels_splits_and_fields_are_read_strictly(visa_root, tmp_path):
+    """`Test` is the test split; fields are stripped; an empty or unknown label is reported
+    and skipped, never counted as anomalous."""
+    root = tmp_path / "visa2"
+    import shutil
+
+    shutil.copytree(visa_root, root)
+    rows = (root / "split_csv" / "1cls.csv").read_text().splitlines()[1:]
+    edited = []
+    for r in rows:
+        obj, split, label, image, mask = r.split(",")
+        if image.endswith("000.JPG"):
+            split, image = "Test", f"  {image} "
+        if image.endswith("002.JPG"):
+            label = ""
+        edited.append(",".join([obj, split, label, image, mask]))
+    edited.append("candle,test,weird,candle/Data/Images/Normal/000.JPG,")
+    (root / "split_csv" / "1cls.csv").write_text(VISA_HEADER + "\n".join(edited) + "\n")
+    dataset, warnings = discover(root)
+    names = [s.path.name for s in dataset["candle"]]
+    assert names == ["000.JPG", "001.JPG", "003.JPG"]  # 002 (empty label) and the 'weird' row skipped
+    assert [s.label for s in dataset["candle"]] == [0, 1, 1]
+    assert dataset["candle"][0].path == root / "candle/Data/Images/Normal/000.JPG"
+    assert len(warnings) == 2 and all("row skipped" in w for w in warnings)
+    assert "''" in warnings[0] and "'weird'" in warnings[1]
+
+
 def test_mvtec_classes_on_a_root_without_them(tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", n_good=1, n_defect=1)
     result = invoke("run", "--data", data, "--out", tmp_path / "out", "--classes", "mvtec", *FAST)

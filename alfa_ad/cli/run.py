@@ -141,7 +141,8 @@ def run(
     llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts (ALFA)."),
     text: bool = typer.Option(True, "--text/--no-text", help="ALFA few-shot: --no-text scores with the memory bank alone."),
     explain: int = typer.Option(0, "--explain", help="Write the top-N LLM descriptors per image."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="open_clip model name."),
+    model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model name (default {DEFAULT_MODEL}, or the "
+                                        "one a --checkpoint's manifest names)."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file for --model."),
     weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test) or planted (test model)."),
@@ -182,7 +183,8 @@ def run(
     say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
     reports = []
     for s in seed_list:
-        config = {"method": method, "shots": shots, "seed": s, "model": model, "pretrained": pretrained,
+        config = {"method": method, "shots": shots, "seed": s, "model": detector.backbone.weights.model_name,
+                  "pretrained": pretrained,
                   "checkpoint": str(checkpoint) if checkpoint else None, "weights": detector.weights_label,
                   "weights_source": detector.backbone.weights.as_dict(),
                   "scales": list(detector.method.geometry.scales), "prompt_sources": [x.name for x in detector.sources],

@@ -244,3 +244,56 @@ def read_manifest(checkpoint: str | os.PathLike[str]) -> dict | None:
     except (OSError, ValueError) as exc:
         raise WeightsUnavailableError(f"{path}: unreadable weights manifest ({exc})") from None
     return data if isinstance(data, dict) else None
+
+
+def export_safetensors(source: str | os.PathLike[str], model: str, tag: str, folder: str | os.PathLike[str],
+                       ref: PretrainedRef | None = None) -> Path:
+    """Write ``folder/<model>__<tag>.safetensors`` (the state dict of ``source``, read with
+    ``weights_only=True``) and its JSON manifest; returns the weights file's path."""
+    from datetime import datetime, timezone
+
+    from open_clip.factory import load_state_dict
+    from safetensors.torch import save_file
+
+    from ..io.atomic import atomic_write_text
+
+    state = load_state_dict(str(source), weights_only=True)
+    tensors = {k: v.detach().clone().contiguous() for k, v in state.items() if hasattr(v, "detach")}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{model}__{tag}.safetensors"
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        save_file(tensors, str(partial), metadata={"model": model, "pretrained": tag})
+        os.replace(partial, target)  # a reader never sees half a file
+    finally:
+        partial.unlink(missing_ok=True)
+    try:
+        from .. import __version__
+    except ImportError:  # pragma: no cover
+        __version__ = "unknown"
+    manifest = {"model": model, "pretrained": tag, "file": target.name, "sha256": sha256_file(target),
+                "bytes": target.stat().st_size, "source": str(source),
+                "mean": list(ref.mean) if ref and ref.mean else None, "std": list(ref.std) if ref and ref.std else None,
+                "written_by": f"alfa-ad {__version__} weights download",
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_text(manifest_path(target), json.dumps(manifest, indent=1) + "\n")
+    return target
+
+
+def cache_folders() -> dict[str, Path]:
+    """The folders where weights may be cached (for ``weights list`` and ``doctor``)."""
+    try:
+        from huggingface_hub import constants
+
+        hub = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover
+        hub = Path("~/.cache/huggingface/hub").expanduser()
+    return {"huggingface hub": hub, "open_clip url cache": OPEN_CLIP_URL_CACHE}
+
+
+def folder_size(path: Path) -> int:
+    """Total bytes of the files below ``path`` (0 when absent)."""
+    if not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
