@@ -26,7 +26,8 @@ from .prompting import AlfaTemplateSource, PromptSet, PromptSource, WinClipEnsem
 from .prompting.library import LLMPromptSource, load_library
 from .prompting.templates import WINCLIP_TEMPLATES, WINCLIP_TEMPLATES_ANOMALIB
 from .registry import METHODS
-from .results import DetectionResult, Thresholds
+from .results import Descriptor, DetectionResult, Thresholds
+from .scoring.masks import defect_mask
 from .scoring.tiling import parse_tile, plan_tiles, stitch
 
 __all__ = ["Detector", "DetectionResult", "Thresholds", "detect", "default_sources", "shipped_libraries"]
@@ -122,9 +123,10 @@ class Detector:
         self._normal_groups: list[list[int]] = []  # per reference image: its units (tiles) in the features
         self._fit_options: dict[str, Any] = {}
         self._banks: OrderedDict[str, tuple] = OrderedDict()
+        self.prompt_classes: dict[str, str] = {}  # class name -> prompt-library class (``--prompt-class``)
         self._prompts: dict[str, PromptSet] = {}
         self._text: dict[str, Any] = {}
-        self._descriptors: dict[str, tuple[list[str], torch.Tensor]] = {}
+        self._descriptors: dict[str, tuple[list[tuple[str, str, str]], torch.Tensor]] = {}
 
     @classmethod
     def from_config(cls, record: DetectorConfig | Mapping[str, Any], **kwargs: Any) -> "Detector":
@@ -142,9 +144,19 @@ class Detector:
         return self.backbone.weights.label
 
     # ------------------------------------------------------------ prompts
+    def set_prompt_class(self, class_name: str, library_class: str) -> None:
+        """Let prompt libraries answer for ``class_name`` with their ``library_class`` entry
+        (a folder ``hazelnut_toy`` scored with the shipped ``hazelnut`` prompts, say)."""
+        self.prompt_classes[class_name] = library_class
+        for cache in (self._prompts, self._text, self._descriptors):
+            cache.pop(class_name, None)
+
+    def _source_class(self, source: PromptSource, class_name: str) -> str:
+        return self.prompt_classes.get(class_name, class_name) if hasattr(source, "library") else class_name
+
     def prompts(self, class_name: str) -> PromptSet:
         if class_name not in self._prompts:
-            self._prompts[class_name] = combine(s.prompts(class_name) for s in self.sources)
+            self._prompts[class_name] = combine(s.prompts(self._source_class(s, class_name)) for s in self.sources)
         return self._prompts[class_name]
 
     def _text_state(self, class_name: str):
@@ -157,19 +169,34 @@ class Detector:
             self._text[class_name] = self.method.prepare_text(normal, abnormal)
         return self._text[class_name]
 
-    def descriptors(self, class_name: str) -> list[str]:
-        """LLM descriptors of the class (paper section 5.4), from sources that have them."""
-        out: list[str] = []
+    def explanation_candidates(self, class_name: str) -> list[tuple[str, str, str]]:
+        """``(text, side, source)`` of every description ``explain`` ranks: the descriptors of
+        paper section 5.4 (side abnormal) and the normal and abnormal prompts of every
+        non-template source (LLM, learned text); template prompts explain nothing."""
+        out: list[tuple[str, str, str]] = []
+        seen: set[str] = set()
         for s in self.sources:
-            if hasattr(s, "descriptors"):
-                out += [d for d in s.descriptors(class_name) if d not in out]
+            name = self._source_class(s, class_name)
+            items = [(d, "abnormal", f"{s.name}-descriptor") for d in getattr(s, "descriptors", lambda c: [])(name)]
+            if s.name not in ("template", "winclip"):
+                ps = s.prompts(name)
+                items += [(t, "normal", s.name) for t in ps.normal] + [(t, "abnormal", s.name) for t in ps.abnormal]
+            for item in items:
+                if item[0] not in seen:
+                    seen.add(item[0])
+                    out.append(item)
         return out
 
-    def _descriptor_state(self, class_name: str) -> tuple[list[str], torch.Tensor]:
+    def descriptors(self, class_name: str) -> list[str]:
+        """The texts :meth:`explanation_candidates` offers for the class."""
+        return [t for t, _, _ in self.explanation_candidates(class_name)]
+
+    def _descriptor_state(self, class_name: str) -> tuple[list[tuple[str, str, str]], torch.Tensor]:
         if class_name not in self._descriptors:
-            texts = self.descriptors(class_name)
+            items = self.explanation_candidates(class_name)
+            texts = [t for t, _, _ in items]
             emb = self.text_cache.encode(self.backbone, texts) if texts else torch.zeros(0, self.backbone.embed_dim)
-            self._descriptors[class_name] = (texts, F.normalize(emb.float(), dim=-1))
+            self._descriptors[class_name] = (items, F.normalize(emb.float(), dim=-1))
         return self._descriptors[class_name]
 
     # ------------------------------------------------------------ tiles
@@ -273,9 +300,9 @@ class Detector:
                 self.method.import_bank(bank)
             source = "leave-one-out over the references"
         scores = np.array([r.score for r in results])
-        pixels = np.concatenate([r.anomaly_map[::4, ::4].ravel() for r in results])
+        maxima = np.array([r.anomaly_map.max() for r in results])
         self.thresholds = Thresholds(float(np.quantile(scores, 1 - fpr, method="higher")),
-                                     float(np.quantile(pixels, 1 - fpr, method="higher")), fpr, len(results), source)
+                                     float(np.quantile(maxima, 1 - fpr, method="higher")), fpr, len(results), source)
         return self.thresholds
 
     # ------------------------------------------------------------ scoring
@@ -304,31 +331,34 @@ class Detector:
                 amap = stitch(cat["maps"][group], [units[g][1] for g in group], (im.height, im.width))
             amap = amap.clamp(0, 1).numpy().astype(np.float32)
             score = float(cat["scores"][j])
+            keep_n = None if cat["kept_normal"] is None else cat["kept_normal"][j]
+            keep_a = None if cat["kept_abnormal"] is None else cat["kept_abnormal"][j]
             th = self.thresholds
             results.append(DetectionResult(
                 score=score,
                 anomaly_map=amap,
                 global_score=float(cat["global_scores"][j]),
-                kept_prompts={"normal": _select(ps.normal, None if cat["kept_normal"] is None else cat["kept_normal"][j]),
-                              "abnormal": _select(ps.abnormal,
-                                                  None if cat["kept_abnormal"] is None else cat["kept_abnormal"][j])},
+                kept_prompts={"normal": _select(ps.normal, keep_n), "abnormal": _select(ps.abnormal, keep_a)},
+                kept_sources={"normal": _select(ps.normal_sources, keep_n),
+                              "abnormal": _select(ps.abnormal_sources, keep_a)},
                 n_prompts={"normal": len(ps.normal), "abnormal": len(ps.abnormal)},
                 method=self.method.name,
                 weights=self.weights_label,
                 decision=None if th is None else score > th.image,
-                mask=None if th is None else amap > th.pixel,
+                mask=None if th is None else (defect_mask(amap, th.pixel) if score > th.image
+                                              else np.zeros(amap.shape, dtype=bool)),
                 descriptors=self._top_descriptors(cat["embeddings"][j], class_name, explain) if explain else [],
                 tiles=len(group) if units[group[0]][1] is not None else 1,
             ))
         return results
 
-    def _top_descriptors(self, embedding: torch.Tensor, class_name: str, top: int) -> list[tuple[str, float]]:
-        texts, emb = self._descriptor_state(class_name)
-        if not texts:
+    def _top_descriptors(self, embedding: torch.Tensor, class_name: str, top: int) -> list[Descriptor]:
+        items, emb = self._descriptor_state(class_name)
+        if not items:
             return []
         sims = emb @ F.normalize(embedding.float(), dim=-1)
         order = sims.argsort(descending=True)[:top]
-        return [(texts[int(i)], float(sims[i])) for i in order]
+        return [Descriptor(*items[int(i)], float(sims[i])) for i in order]
 
     def __call__(self, image: Any, class_name: str = "object", explain: int = 0) -> DetectionResult:
         return self.predict([image], class_name, explain)[0]

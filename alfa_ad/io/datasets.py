@@ -166,13 +166,17 @@ def discover(root: str | Path, classes: Sequence[str] | None = None, plain_class
       restricted to ``classes`` when given;
     * ``root/test/<type>/*``: ``root`` itself is one class folder;
     * ``root/split_csv/1cls.csv``: a VisA release (test split of that file);
-    * otherwise a plain folder of images (unlabelled), class ``plain_class``.
+    * otherwise a plain folder of images (unlabelled), class ``plain_class``;
+    * a single image file: that image alone, unlabelled, class ``plain_class``.
     """
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: data folder not found")
     if not root.is_dir():
-        raise InputError(f"{root}: not a folder")
+        if root.suffix.lower() in IMAGE_EXTENSIONS:  # one image: a plain "folder" of one
+            name = classes[0] if classes else plain_class
+            return {name: [Sample(root, name, "", None, None)]}, []
+        raise InputError(f"{root}: neither a folder nor an image file ({', '.join(IMAGE_EXTENSIONS)})")
     warnings: list[str] = []
     if is_visa_root(root):
         return visa_samples(root, classes)
