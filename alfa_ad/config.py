@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from .model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .registry import METHODS
+from .registry import ALIGNERS, DEFAULT_ALIGNER, METHODS
 
 
 @dataclass
@@ -22,6 +22,7 @@ class DetectorConfig:
     """
 
     method: str = "alfa"
+    aligner: str = DEFAULT_ALIGNER  # local embeddings (ALFA's fine-grained aligner; WinCLIP's windows)
     model: str | None = DEFAULT_MODEL  # None: the default, or the one a checkpoint's manifest names
     pretrained: str = DEFAULT_PRETRAINED
     checkpoint: str | None = None
@@ -37,6 +38,7 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         METHODS.check(self.method)
+        ALIGNERS.check(self.aligner)
         self.scales = tuple(int(s) for s in self.scales)
         self.tile = str(self.tile)
         if self.batch_size < 1:

@@ -114,7 +114,8 @@ class Detector:
         self.backbone = backbone or load_backbone(config.model, config.pretrained, checkpoint=config.checkpoint,
                                                   weights=config.weights, seed=config.seed, device=config.device)
         self.config = replace(config, model=self.backbone.weights.model_name)
-        self.method = method_cls(self.backbone, tuple(self.config.scales), **self.config.options)
+        self.method = method_cls(self.backbone, tuple(self.config.scales), aligner=self.config.aligner,
+                                 **self.config.options)
         directory = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.text_cache = TextEmbeddingCache(directory)
         self.thresholds: Thresholds | None = None

@@ -64,3 +64,14 @@ METHODS = Registry("method")
 METHODS.add("alfa", "alfa_ad.methods.alfa:AlfaMethod",
             "ALFA (run-time prompt adaptation, fine-grained aligner, eq. 12)")
 METHODS.add("winclip", "alfa_ad.methods.winclip:WinClipMethod", "WinCLIP / WinCLIP+ baseline")
+
+ALIGNERS = Registry("aligner")
+ALIGNERS.add("masked", "alfa_ad.aligners.masked:MaskedAligner",
+             "f(x ⊙ m): each window's tokens through every block, the paper's definition (default)")
+ALIGNERS.add("value", "alfa_ad.aligners.value:ValueAligner",
+             "last block's class attention renormalised over the window (fast approximation)")
+ALIGNERS.add("dense", "alfa_ad.aligners.dense:DenseAligner",
+             "ClearCLIP dense patch embeddings: last block q-q attention, no residual, no MLP (fast)")
+ALIGNERS.add("none", "alfa_ad.aligners.global_only:GlobalAligner",
+             "class token only: the global score broadcast (ablation baseline)")
+DEFAULT_ALIGNER = "masked"  # docs/method.md section 4 argues the choice

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from alfa_ad.aligners import build_aligner, encode
 from alfa_ad.model import ClipBackbone, WeightsInfo, WeightsUnavailableError, load_backbone
 from alfa_ad.model.planted import ANTI_CUE, CUE, NORM
 from alfa_ad.scoring.windows import make_window_indices
@@ -33,6 +34,13 @@ def _all_patches(bb: ClipBackbone) -> torch.Tensor:
     return torch.arange(bb.grid[0] * bb.grid[1]).unsqueeze(0)
 
 
+def _windows(bb: ClipBackbone, kind: str, pixels: torch.Tensor, windows: torch.Tensor, **options) -> torch.Tensor:
+    """Local embeddings ``(B, n, D)`` of ``windows`` from the aligner ``kind``."""
+    aligner = build_aligner(kind, bb, **options)
+    feats = encode(bb, pixels)
+    return aligner(feats, aligner.prepare(feats), windows)
+
+
 # ------------------------------------------------------------------ planted model basics
 def test_planted_backbone_geometry(planted_backbone):
     bb = planted_backbone
@@ -49,7 +57,7 @@ def test_split_forward_matches_encode_image(planted_backbone, make_spot_image):
     bb = planted_backbone
     img, _ = make_spot_image()
     pixels, tokens, z = _features(bb, [img])
-    assert tokens.shape == (1, 1 + 225, 16)
+    assert tokens.shape == (1, 1 + 225, 32)  # planted v2: width 32
     g, last = bb.global_embedding(z)
     torch.testing.assert_close(g, bb.clip.encode_image(pixels).float(), atol=1e-5, rtol=1e-5)
     assert last.shape == tokens.shape
@@ -59,25 +67,26 @@ def test_split_forward_matches_encode_image(planted_backbone, make_spot_image):
 def test_full_window_local_embedding_equals_global(planted_backbone, make_spot_image):
     bb = planted_backbone
     imgs = [make_spot_image()[0], make_spot_image(300, 180, (200, 20, 260, 80), seed=1)[0]]
-    _, tokens, z = _features(bb, imgs)
+    pixels, tokens, z = _features(bb, imgs)
     g, _ = bb.global_embedding(z)
     full = _all_patches(bb)
-    local = bb.local_embeddings(z, full)
-    assert local.shape == (2, 1, 8)
-    torch.testing.assert_close(local[:, 0], g, atol=1e-5, rtol=0)
-    masked = bb.masked_window_embeddings(tokens, full)
-    assert masked.shape == (2, 1, 8)
-    torch.testing.assert_close(masked[:, 0], g, atol=1e-5, rtol=0)
+    for kind in ("value", "masked", "none"):
+        local = _windows(bb, kind, pixels, full)
+        assert local.shape == (2, 1, 8)
+        torch.testing.assert_close(local[:, 0], g, atol=1e-5, rtol=0)
+    # dense: a full window is the mean of every patch's unit embedding, not f(x)
+    dense = _windows(bb, "dense", pixels, full)
+    assert dense.shape == (2, 1, 8) and not torch.allclose(dense[:, 0], F.normalize(g, dim=-1), atol=1e-2)
 
 
 @torch.no_grad()
 def test_chunking_does_not_change_window_embeddings(planted_backbone, make_spot_image):
     bb = planted_backbone
-    _, tokens, z = _features(bb, [make_spot_image()[0]])
+    pixels, _, _ = _features(bb, [make_spot_image()[0]])
     windows = make_window_indices(bb.grid, 3)
-    torch.testing.assert_close(bb.local_embeddings(z, windows, chunk=7), bb.local_embeddings(z, windows))
-    torch.testing.assert_close(bb.masked_window_embeddings(tokens, windows[:20], chunk=3),
-                               bb.masked_window_embeddings(tokens, windows[:20]))
+    torch.testing.assert_close(_windows(bb, "value", pixels, windows, chunk=7), _windows(bb, "value", pixels, windows))
+    torch.testing.assert_close(_windows(bb, "masked", pixels, windows[:20], chunk=3),
+                               _windows(bb, "masked", pixels, windows[:20]))
 
 
 def _patch_red_fraction(mask: np.ndarray, bb: ClipBackbone) -> np.ndarray:
@@ -88,14 +97,14 @@ def _patch_red_fraction(mask: np.ndarray, bb: ClipBackbone) -> np.ndarray:
     return m.reshape(gh, h // gh, gw, w // gw).mean(axis=(1, 3))
 
 
-@pytest.mark.parametrize("kind", ["local", "masked"])
+@pytest.mark.parametrize("kind", ["value", "masked", "dense"])
 @torch.no_grad()
 def test_windows_on_the_red_spot_align_with_abnormal_prompt(planted_backbone, make_spot_image, kind):
     bb = planted_backbone
     img, mask = make_spot_image()  # 200x320, red at rows 30-70, columns 220-290 (upper right)
-    _, tokens, z = _features(bb, [img])
+    pixels, _, _ = _features(bb, [img])
     windows = make_window_indices(bb.grid, 2)
-    emb = bb.local_embeddings(z, windows) if kind == "local" else bb.masked_window_embeddings(tokens, windows)
+    emb = _windows(bb, kind, pixels, windows)
     text = F.normalize(bb.encode_text([ABNORMAL_PROMPT, NORMAL_PROMPT]), dim=-1)
     sims = F.normalize(emb[0], dim=-1) @ text.T  # (n_windows, 2)
     # what the methods compare: similarity to the abnormal minus to the normal prompt
@@ -244,10 +253,14 @@ def test_random_vit_b16_plus_checkpoint_round_trip(tmp_path, make_spot_image):
     g, _ = rnd.global_embedding(z)
     torch.testing.assert_close(g, rnd.clip.encode_image(pixels).float(), atol=1e-4, rtol=1e-4)
     full = _all_patches(rnd)
-    torch.testing.assert_close(rnd.local_embeddings(z, full)[:, 0], g, atol=1e-4, rtol=1e-4)
-    # a real (non-uniform) attention: a 2x2 window differs from the global embedding
-    win = make_window_indices(rnd.grid, 2)[:1]
-    assert not torch.allclose(rnd.local_embeddings(z, win)[:, 0], g, atol=1e-3)
+    for kind in ("value", "masked"):
+        torch.testing.assert_close(_windows(rnd, kind, pixels, full)[:, 0], g, atol=1e-4, rtol=1e-4)
+        # a real (non-uniform) attention: a 2x2 window differs from the global embedding
+        win = make_window_indices(rnd.grid, 2)[:1]
+        assert not torch.allclose(_windows(rnd, kind, pixels, win)[:, 0], g, atol=1e-3)
+    dense = _windows(rnd, "dense", pixels, make_window_indices(rnd.grid, 1))  # every patch on its own
+    assert dense.shape == (1, rnd.grid[0] * rnd.grid[1], rnd.embed_dim)
+    torch.testing.assert_close(dense.norm(dim=-1), torch.ones(1, dense.shape[1]), atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------ fingerprint (text cache key)

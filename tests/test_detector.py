@@ -92,11 +92,30 @@ def test_planted_alignment_acceptance(method, acceptance_set):
     _check_acceptance(det, *acceptance_set)
 
 
-@pytest.mark.parametrize("projection", ["rank1", "none"])
-def test_alfa_text_projections_localize(projection, acceptance_set, planted_backbone):
-    det = Detector(planted_backbone, method="alfa", cache_dir=None, text_projection=projection)
-    assert det.method.text_projection == projection
+@pytest.mark.parametrize("aligner", ["masked", "value", "dense"])
+def test_alfa_aligners_localize(aligner, acceptance_set, planted_backbone):
+    det = Detector(planted_backbone, method="alfa", aligner=aligner, cache_dir=None)
+    assert det.method.aligner.name == aligner and det.config.aligner == aligner
+    assert det.method.text_projection == "none"  # the default of every aligner
     _check_acceptance(det, *acceptance_set)
+
+
+def test_rank1_text_projection_lets_the_global_score_into_every_window(acceptance_set, planted_backbone):
+    """``text_projection="rank1"`` (W_T = I + (l - g) g^T, our reading of the paper) adds
+    ``(1 - <l, g>) <g, t>`` - part of the global score - to every window's logits.  Planted
+    v2's class token carries the whole image's cue and a constant value offset, so this
+    leak costs localization: it was the default before planted v2 exposed it (it passed
+    the old planted model, whose last block attended uniformly).  The pixel AUROC of
+    ``none`` must stay >= 0.95 (test above) and rank1 must measurably trail it here."""
+    images, masks = acceptance_set
+    y = np.concatenate([m.ravel() for m in masks])
+    pixel = {}
+    for projection in ("rank1", "none"):
+        det = Detector(planted_backbone, method="alfa", aligner="masked", cache_dir=None, text_projection=projection)
+        assert det.method.text_projection == projection
+        pixel[projection] = roc_auc_score(y, np.concatenate([r.anomaly_map.ravel()
+                                                             for r in det.predict(images, "widget")]))
+    assert pixel["none"] >= 0.95 and pixel["rank1"] < pixel["none"] - 0.005, pixel
 
 
 def test_text_projection_changes_the_scores(acceptance_set, planted_backbone):
@@ -112,6 +131,10 @@ def test_bad_method_options_are_rejected(planted_backbone):
         Detector(planted_backbone, method="bogus", cache_dir=None)
     with pytest.raises(ValueError, match="text_projection"):
         Detector(planted_backbone, method="alfa", cache_dir=None, text_projection="rank2")
+    with pytest.raises(ValueError, match="unknown aligner 'bogus'; choose from masked, value, dense, none"):
+        Detector(planted_backbone, method="alfa", cache_dir=None, aligner="bogus")
+    with pytest.raises(ValueError, match="anomalib_compat"):
+        Detector(planted_backbone, method="winclip", cache_dir=None, aligner="value", anomalib_compat=True)
 
 
 def test_batching_does_not_change_results(acceptance_set, planted_backbone):

@@ -11,6 +11,7 @@ from ..io.datasets import discover
 from ..model.names import DEFAULT_PRETRAINED
 from ..outputs.record import RunOptions, build_record
 from ..outputs.writers import clear_previous
+from ..registry import DEFAULT_ALIGNER
 from .common import app, say
 from .run_support import build_detector, check_out, run_with_progress
 
@@ -19,6 +20,7 @@ from .run_support import build_detector, check_out, run_with_progress
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (synthetic images go to OUT/data)."),
     method: str = typer.Option("alfa", "--method", help="alfa or winclip."),
+    aligner: str = typer.Option(DEFAULT_ALIGNER, "--aligner", help="masked, value, dense or none."),
     weights: str = typer.Option("planted", "--weights",
                                 help="planted (hand-made test model, default), random, or pretrained."),
     model: Optional[str] = typer.Option(None, "--model"),
@@ -29,9 +31,9 @@ def demo(
     from ..demo import make_synthetic_dataset
 
     check_out(out)
-    detector = build_detector(method, model, pretrained, None, weights, 0, device, "2,3", None, 8)
+    detector = build_detector(method, model, pretrained, None, weights, 0, device, "2,3", None, 8, aligner=aligner)
     data = make_synthetic_dataset(out / "data")
-    say(f"alfa-ad demo: {method}, {detector.weights_label}")
+    say(f"alfa-ad demo: {method} ({aligner} aligner), {detector.weights_label}")
     dataset, warnings = discover(data)
     options = RunOptions(data=str(data))
     record = build_record(detector, options, list(dataset), {c: detector.prompts(c).sources for c in dataset})

@@ -15,6 +15,7 @@ from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..outputs.record import RunOptions, build_record
 from ..outputs.tables import aggregate_seeds, write_seed_summary
 from ..outputs.writers import clear_previous, previous_outputs
+from ..registry import ALIGNERS, DEFAULT_ALIGNER
 from .common import _parse_ints, _print_table, app, fail, say
 from .run_support import (build_detector, check_device, check_out, few_shot_prepare, name_map, reference_pools,
                           run_with_progress)
@@ -44,6 +45,8 @@ def run(
     prompt_class: Optional[str] = typer.Option(None, "--prompt-class", help="Prompt-library class to use for the "
                                                "data (e.g. hazelnut for a folder hazelnut_toy); NAME or folder=name."),
     method: str = typer.Option("alfa", "--method", help="alfa or winclip."),
+    aligner: str = typer.Option(DEFAULT_ALIGNER, "--aligner", help="Local embeddings (docs/method.md section 4): "
+                                + ALIGNERS.help() + "."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
     llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts (ALFA)."),
     text: bool = typer.Option(True, "--text/--no-text", help="ALFA few-shot: --no-text scores with the memory bank alone."),
@@ -115,10 +118,10 @@ def run(
             warnings.append(f"class {c!r} skipped: {n} normal images ({where}), --shots {shots}")
             dataset.pop(c)
     detector = build_detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir,
-                              batch_size, prompts, llm, anomalib_compat, text, tile)
+                              batch_size, prompts, llm, anomalib_compat, text, tile, aligner)
     for cls, lib in libs.items():
         detector.set_prompt_class(names.get(cls, cls), lib)
-    say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
+    say(f"alfa-ad {__version__}: {method} ({aligner} aligner), {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
     if previous_outputs(out):
         say(f"{out} holds an earlier run's outputs: they are replaced")
         clear_previous(out)

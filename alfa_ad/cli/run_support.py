@@ -14,7 +14,7 @@ from ..io.datasets import Sample, train_images
 from ..io.images import InputError, iter_image_files
 from ..outputs.record import RunOptions
 from ..outputs.tables import metrics_table
-from ..registry import METHODS
+from ..registry import ALIGNERS, DEFAULT_ALIGNER, METHODS
 from .common import _parse_ints, _print_table, console, fail, say
 
 
@@ -45,7 +45,7 @@ def check_out(out: Path) -> None:
 def build_detector(method: str, model: Optional[str], pretrained: str, checkpoint: Optional[Path], weights: str,
                    seed: int, device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int,
                    prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False,
-                   text: bool = True, tile: str = "auto"):
+                   text: bool = True, tile: str = "auto", aligner: str = DEFAULT_ALIGNER):
     """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error."""
     from ..detector import Detector
     from ..model.weights import WeightsUnavailableError
@@ -54,6 +54,8 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
 
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS.names())}, got {method!r}")
+    if aligner not in ALIGNERS:
+        fail(f"--aligner must be one of {', '.join(ALIGNERS.names())}, got {aligner!r}")
     if batch_size < 1:
         fail("--batch-size must be at least 1")
     if prompts is not None and not prompts.is_file():
@@ -65,13 +67,15 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
     options: dict[str, Any] = {"anomalib_compat": True} if anomalib_compat else {}
     if anomalib_compat and method != "winclip":
         fail("--anomalib-compat applies to --method winclip only")
+    if anomalib_compat and aligner != "masked":
+        fail(f"--anomalib-compat reproduces anomalib's masked windows; it cannot use --aligner {aligner}")
     if not text:
         if method != "alfa":
             fail("--no-text applies to --method alfa only")
         options["use_text"] = False
     check_device(device)
     try:
-        return Detector(method=method, model=model, pretrained=pretrained,
+        return Detector(method=method, aligner=aligner, model=model, pretrained=pretrained,
                         checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
                         seed=seed, device=device, scales=_parse_ints(scales, "--scales"), tile=tile,
                         cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,

@@ -2,7 +2,9 @@
 
 Class embeddings are the means of the raw prompt embeddings of the
 compositional ensemble; window embeddings come from masked forward passes
-(class token + window tokens through the whole vision transformer); window
+(class token + window tokens through the whole vision transformer: the ``masked``
+aligner, WinCLIP's definition; another aligner's window embeddings can be used
+instead, compared with the class embeddings without text projection); window
 scores are harmonically aggregated per patch, and the image score is added as
 one more "scale" before the harmonic mean across scales, as in anomalib.
 WinCLIP+ adds visual association scores against the reference images' patch
@@ -15,6 +17,7 @@ from typing import Iterable
 
 import torch
 
+from ..aligners import build_aligner, encode
 from ..model.backbone import ClipBackbone
 from ..scoring.memory import greedy_coreset, nearest_neighbour_distance
 from ..scoring.windows import harmonic_aggregation, harmonic_mean
@@ -31,8 +34,13 @@ class WinClipMethod:
         scales: tuple[int, ...] = (2, 3),
         temperature: float = TEMPERATURE,
         anomalib_compat: bool = False,
+        aligner: str = "masked",
     ) -> None:
+        if anomalib_compat and aligner != "masked":
+            raise ValueError("anomalib_compat reproduces anomalib's masked windows; it needs aligner 'masked'")
         self.backbone = backbone
+        options = {"cross_window": True} if anomalib_compat else {}
+        self.aligner = build_aligner(aligner, backbone, text_projection="none", **options)
         self.geometry = WindowGeometry(backbone.grid, scales)
         self.temperature = temperature
         self.anomalib_compat = anomalib_compat
@@ -46,11 +54,10 @@ class WinClipMethod:
     def _encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Image embeddings ``(B, D)``, window embeddings per scale ``(B, n, D)``, patch tokens ``(B, P, W)``."""
         bb = self.backbone
-        tokens = bb.tokens(pixels)
-        g, last = bb.global_embedding(bb.penultimate(tokens))
-        windows = [bb.masked_window_embeddings(tokens, w, cross_window=self.anomalib_compat)
-                   for w in self.geometry.windows]
-        return g, windows, bb.patch_tokens(last)
+        feats = encode(bb, pixels)
+        state = self.aligner.prepare(feats)
+        windows = [self.aligner(feats, state, w) for w in self.geometry.windows]
+        return feats.g, windows, bb.patch_tokens(feats.last)
 
     @torch.inference_mode()
     def extract_normals(self, batches: Iterable[torch.Tensor]) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:

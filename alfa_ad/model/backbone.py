@@ -1,24 +1,22 @@
 """One place for everything that touches open_clip's CLIP.
 
-The detector needs four things from CLIP, all exposed here:
+The detector needs three things from CLIP, all exposed here:
 
 * ``encode_text``: prompt embeddings;
-* ``tokens``: the image tokens after patch + positional embedding (WinCLIP's
-  windows start from these);
-* ``penultimate``: the token sequence entering the last transformer block (the
-  fine-grained aligner starts from it), and ``global_embedding`` on top of it;
-* ``local_embeddings`` / ``masked_window_embeddings``: per-window embeddings for
-  ALFA's aligner and for WinCLIP.
+* ``tokens``: the image tokens after patch + positional embedding (masked windows
+  start from these);
+* ``penultimate``: the token sequence entering the last transformer block, and
+  ``global_embedding`` / ``head`` on top of it.
+
+Local (per-window) embeddings are the aligners' job (:mod:`alfa_ad.aligners`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .preprocess import Box, crop, image_to_tensor, resize_to_model
@@ -154,77 +152,3 @@ class ClipBackbone:
         """Finish the forward pass from ``z^{L-1}``: ``(image embedding (B, D), last tokens (B, 1+P, W))``."""
         out = self.clip.visual.transformer.resblocks[-1](z)
         return self.head(out[:, 0]), out
-
-    def local_embeddings(self, z: torch.Tensor, windows: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-        """ALFA's local embeddings: the class token's path through the last block with
-        its attention restricted to the class token and the window's patches.
-
-        This is the value re-configuration ``W_T v_G = v_L`` of docs/method.md: the
-        softmax attention of the class query is renormalised over ``{cls} U window``,
-        everything else of the block (out-projection, residual, MLP, ``ln_post``,
-        projection) is unchanged, so a window covering every patch gives exactly the
-        global embedding.
-
-        Args:
-            z: ``(B, 1+P, W)`` input of the last block.
-            windows: ``(n, k)`` patch indices per window.
-
-        Returns:
-            ``(B, n, D)`` float32.
-        """
-        block = self.clip.visual.transformer.resblocks[-1]
-        attn: torch.nn.MultiheadAttention = block.attn
-        b, t, width = z.shape
-        heads = attn.num_heads
-        dh = width // heads
-        h = block.ln_1(z)
-        wq, wk, wv = attn.in_proj_weight.chunk(3)
-        bq, bk, bv = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
-        q = F.linear(h[:, :1], wq, bq).view(b, 1, heads, dh)
-        k = F.linear(h, wk, bk).view(b, t, heads, dh)
-        v = F.linear(h, wv, bv).view(b, t, heads, dh)
-        logits = (k * q).sum(-1) / math.sqrt(dh)  # (B, T, heads)
-        idx = torch.cat([torch.zeros(windows.shape[0], 1, dtype=torch.long), windows.long() + 1], 1).to(z.device)
-        outs = []
-        for s in range(0, idx.shape[0], chunk):
-            ix = idx[s : s + chunk]
-            a = logits[:, ix].float().softmax(dim=2).to(v.dtype)  # (B, n, k+1, heads)
-            mixed = (a.unsqueeze(-1) * v[:, ix]).sum(2).reshape(b, ix.shape[0], width)
-            x = z[:, :1] + block.ls_1(attn.out_proj(mixed))
-            x = x + block.ls_2(block.mlp(block.ln_2(x)))
-            outs.append(self.head(x))
-        return torch.cat(outs, 1)
-
-    def masked_window_embeddings(
-        self, tokens: torch.Tensor, windows: torch.Tensor, chunk: int = 256, cross_window: bool = False
-    ) -> torch.Tensor:
-        """WinCLIP's window embeddings: keep the class token and the window's patch
-        tokens, drop the rest, and run ``ln_pre``, the whole transformer and the head.
-
-        ``cross_window=True`` reproduces anomalib 2.x on open_clip >= 2.2x: anomalib
-        permutes the masked batch to sequence-first before calling a batch-first
-        transformer, so attention runs across all windows (and images) at each token
-        position instead of within a window.  Kept only for the side-by-side
-        comparison (docs/method.md); all windows then go through in one call.
-
-        Args:
-            tokens: ``(B, 1+P, W)`` from :meth:`tokens`.
-            windows: ``(n, k)`` patch indices per window.
-
-        Returns:
-            ``(B, n, D)`` float32.
-        """
-        v = self.clip.visual
-        b = tokens.shape[0]
-        idx = torch.cat([torch.zeros(windows.shape[0], 1, dtype=torch.long), windows.long() + 1], 1).to(tokens.device)
-        if cross_window:
-            x = tokens[:, idx].transpose(0, 1).reshape(idx.shape[0] * b, idx.shape[1], -1)  # window-major
-            x = v.transformer(v.ln_pre(x).transpose(0, 1)).transpose(0, 1)
-            return self.head(x[:, 0]).view(idx.shape[0], b, -1).transpose(0, 1)
-        outs = []
-        for s in range(0, idx.shape[0], chunk):
-            ix = idx[s : s + chunk]
-            x = tokens[:, ix].reshape(b * ix.shape[0], ix.shape[1], -1)
-            x = v.transformer(v.ln_pre(x))
-            outs.append(self.head(x[:, 0]).view(b, ix.shape[0], -1))
-        return torch.cat(outs, 1)

@@ -1,0 +1,206 @@
+"""``alfa-ad ablate``: the paper's Table 2 / Table 6 style grid in one pass over the data.
+
+The grid is a declarative list of :class:`AblationConfig` (prompt sources, contextual
+scoring, aligner, scales, text projection); add a field and rows to extend it (few-shot
+fusion, say).  Work is shared wherever the math allows: each image goes through the
+backbone once (``f(x)``, tokens, ``z^{L-1}``), each aligner prepares once per image and
+computes each window scale once; only the cheap text side (prompt selection, eq. 4,
+eq. 10-12, aggregation, smoothing) runs per configuration.
+
+**Latency per image** of a configuration is the sum of the stages it uses (backbone
+pass, its aligner's preparation and its scales' local embeddings, its scoring), each
+timed once per image here: what a standalone run of that configuration spends in the
+model, without data loading and file writing.  Images are scored whole (no tiling),
+as in the papers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .aligners import build_aligner
+from .detector import Detector
+from .io.datasets import Sample
+from .io.images import ImageLoadError, load_image
+from .methods.alfa_head import AlfaHead
+from .outputs.tables import METRICS, mean_over
+from .runner import ClassEval, _eval_resize, _mask_for
+from .scoring.windows import harmonic_mean
+from .scoring.zero_shot import image_score
+
+TEMPLATES, LLM, LEARNED = "template", "llm", "learned"
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """One row of the grid."""
+
+    name: str
+    sources: tuple[str, ...] = (TEMPLATES, LLM)
+    contextual: bool = True
+    aligner: str = "masked"
+    scales: tuple[int, ...] = (2, 3)
+    text_projection: str = "none"
+
+    def describe(self) -> dict[str, str]:
+        return {"configuration": self.name, "prompt sources": " + ".join(self.sources),
+                "S_c": "on" if self.contextual else "off", "aligner": self.aligner,
+                "scales": ",".join(map(str, self.scales)), "text projection": self.text_projection}
+
+
+FULL = AblationConfig("full model")
+
+# The grid: Table 2 (prompt sources x contextual scoring x aligner on/off), the aligners,
+# Table 6 (scales), the text projection, and learned prompts when a class has them.
+GRID: tuple[AblationConfig, ...] = (
+    AblationConfig("templates", (TEMPLATES,), False, "none"),
+    AblationConfig("templates + S_c", (TEMPLATES,), True, "none"),
+    AblationConfig("templates + LLM", (TEMPLATES, LLM), False, "none"),
+    AblationConfig("templates + LLM + S_c", (TEMPLATES, LLM), True, "none"),
+    AblationConfig("templates + aligner", (TEMPLATES,), False, "masked"),
+    AblationConfig("templates + S_c + aligner", (TEMPLATES,), True, "masked"),
+    AblationConfig("templates + LLM + aligner", (TEMPLATES, LLM), False, "masked"),
+    FULL,
+    AblationConfig("full, value aligner", aligner="value"),
+    AblationConfig("full, dense aligner", aligner="dense"),
+    AblationConfig("full, scales 2", scales=(2,)),
+    AblationConfig("full, scales 2,3,4", scales=(2, 3, 4)),
+    AblationConfig("full, rank-1 text projection", text_projection="rank1"),
+    AblationConfig("full, value aligner, rank-1 text projection", aligner="value", text_projection="rank1"),
+    AblationConfig("full + learned prompts", (TEMPLATES, LLM, LEARNED)),
+)
+
+
+def applicable(grid: Sequence[AblationConfig], available: set[str]) -> list[AblationConfig]:
+    """The configurations whose prompt sources all exist for the data (a row asking for an
+    absent source would repeat another row), duplicates removed."""
+    out, seen = [], set()
+    for cfg in grid:
+        key = (tuple(s for s in cfg.sources if s in available), cfg.contextual, cfg.aligner, cfg.scales,
+               cfg.text_projection)
+        if set(cfg.sources) <= available and key not in seen:
+            seen.add(key)
+            out.append(cfg)
+    return out
+
+
+@dataclass
+class AblationRow:
+    config: AblationConfig
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # class -> metrics
+    seconds: float = 0.0  # summed latency over images
+    images: int = 0
+
+    @property
+    def latency_ms(self) -> float | None:
+        return 1000 * self.seconds / self.images if self.images else None
+
+    def mean(self) -> dict[str, float | None]:
+        return mean_over(self.metrics.values())
+
+
+class _Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        t = time.perf_counter()
+        out = fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t
+
+
+def run_ablation(detector: Detector, dataset: dict[str, list[Sample]], grid: Sequence[AblationConfig] = GRID,
+                 class_names: dict[str, str] | None = None, on_progress: Callable[[str, int, int], None] | None = None,
+                 on_error: Callable[[str], None] | None = None) -> list[AblationRow]:
+    """Score ``dataset`` under every applicable configuration of ``grid`` (ALFA, zero-shot)."""
+    if detector.method.name != "alfa":
+        raise ValueError("the ablation grid is ALFA's; build the detector with method 'alfa'")
+    class_names = class_names or {}
+    bb = detector.backbone
+    available = set()
+    for cls in dataset:
+        available |= {s for s, n in detector.prompts(class_names.get(cls, cls)).sources.items() if n}
+    configs = applicable(grid, available)
+    if not configs:
+        raise ValueError(f"no configuration of the grid applies (prompt sources here: {', '.join(sorted(available))})")
+    base = detector.method.head
+    scales = sorted({s for c in configs for s in c.scales})
+    heads = {name: AlfaHead(build_aligner(name, bb), bb.grid, bb.image_size, scales, base.temperature, base.k,
+                            base.blur.sigma).to(bb.device)
+             for name in dict.fromkeys(c.aligner for c in configs)}
+    rows = [AblationRow(c) for c in configs]
+    timer = _Timer(bb.device)
+    for cls, samples in dataset.items():
+        name = class_names.get(cls, cls)
+        ps = detector.prompts(name)
+        normal_all, abnormal_all = detector._text_state(name)
+        text = {}
+        for c in configs:  # prompt embeddings of each source selection (a class may lack a source)
+            kn = torch.tensor([s in c.sources for s in ps.normal_sources], device=normal_all.device)
+            ka = torch.tensor([s in c.sources for s in ps.abnormal_sources], device=abnormal_all.device)
+            text[c.sources] = (normal_all[kn], abnormal_all[ka]) if kn.any() and ka.any() else None
+        evals = [ClassEval() for _ in configs]
+        warnings: list[str] = []
+        for i, s in enumerate(samples):
+            try:
+                im = load_image(s.path)
+            except ImageLoadError as exc:
+                if on_error:
+                    on_error(str(exc))
+                continue
+            truth = _mask_for(s, im.size, warnings) if s.label is not None else None
+            with torch.inference_mode():
+                pixels = bb.preprocess([im])
+                feats, t_fwd = timer(lambda: base.encode(pixels))
+                locals_, t_local = {}, {}
+                for al, head in heads.items():
+                    state, t_prep = timer(lambda: head.aligner.prepare(feats))
+                    t_local[al] = {"prepare": t_prep}
+                    for s_, (windows, _) in zip(scales, head.geometry()):
+                        locals_[al, s_], t_local[al][s_] = timer(lambda: head.aligner(feats, state, windows))
+                for row, ev, c in zip(rows, evals, configs):
+                    if text[c.sources] is None:
+                        continue
+                    head = heads[c.aligner]
+                    (score, amap), t_score = timer(lambda: _score(head, feats, locals_, c, text[c.sources], scales))
+                    row.seconds += t_fwd + t_local[c.aligner]["prepare"] + sum(t_local[c.aligner][x] for x in c.scales)
+                    row.seconds += t_score
+                    row.images += 1
+                    _collect(ev, s, score, amap, im.size, truth)
+            if on_progress:
+                on_progress(cls, i + 1, len(samples))
+        for row, ev in zip(rows, evals):
+            if ev.labels:
+                row.metrics[cls] = ev.metrics()
+    return rows
+
+
+def _score(head: AlfaHead, feats, locals_, c: AblationConfig, text, scales) -> tuple[float, torch.Tensor]:
+    ad = head.adapt(feats.g, *text, contextual=c.contextual)
+    geometry = dict(zip(scales, head.geometry()))
+    maps = [head.window_map(feats.g, locals_[c.aligner, s], ad.classes, geometry[s][1], c.text_projection)
+            for s in c.scales]
+    patch_map = harmonic_mean(torch.stack(maps), dim=0)
+    return float(image_score(ad.global_scores, patch_map)[0]), head.finish(patch_map)[0]
+
+
+def _collect(ev: ClassEval, s: Sample, score: float, amap: torch.Tensor, size: tuple[int, int], truth) -> None:
+    if s.label is None:
+        return
+    ev.labels.append(s.label)
+    ev.scores.append(score)
+    if truth is not None:
+        full = torch.nn.functional.interpolate(amap[None, None].float().cpu(), size=(size[1], size[0]),
+                                               mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+        ev.maps.append(_eval_resize(full))
+        ev.masks.append(_eval_resize(truth.astype(np.float32)) >= 0.5)
+
+
+__all__ = ["AblationConfig", "AblationRow", "GRID", "FULL", "METRICS", "applicable", "run_ablation"]
