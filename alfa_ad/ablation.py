@@ -17,7 +17,7 @@ as in the papers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -77,15 +77,15 @@ GRID: tuple[AblationConfig, ...] = (
 
 
 def applicable(grid: Sequence[AblationConfig], available: set[str]) -> list[AblationConfig]:
-    """The configurations whose prompt sources all exist for the data (a row asking for an
-    absent source would repeat another row), duplicates removed."""
+    """The grid with each configuration's prompt sources cut to those the data has; a
+    configuration that then repeats an earlier one (or has no source left) is dropped."""
     out, seen = [], set()
     for cfg in grid:
-        key = (tuple(s for s in cfg.sources if s in available), cfg.contextual, cfg.aligner, cfg.scales,
-               cfg.text_projection)
-        if set(cfg.sources) <= available and key not in seen:
+        sources = tuple(s for s in cfg.sources if s in available)
+        key = (sources, cfg.contextual, cfg.aligner, cfg.scales, cfg.text_projection)
+        if sources and key not in seen:
             seen.add(key)
-            out.append(cfg)
+            out.append(replace(cfg, sources=sources))
     return out
 
 

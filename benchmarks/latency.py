@@ -2,10 +2,12 @@
 
     python benchmarks/latency.py                 # ViT-B-16-plus-240, random weights, 240 px
     python benchmarks/latency.py --repeats 7 --device cuda
+    python benchmarks/latency.py --aligners masked,dense --methods alfa
 
 Prints the median over ``--repeats`` timed calls (after one warm-up call) of
 one image scored end to end through ``Detector.predict`` (preprocessing,
-backbone, prompt adaptation, windows, maps, resize to the input size), and the
+backbone, prompt adaptation, windows, maps, resize to the input size) for ALFA
+with each aligner (``--aligners``) and for WinCLIP (its masked windows), and the
 time of one plain ``encode_image`` forward pass for reference.  Weights are
 random (no pretrained weights are reachable here): speed does not depend on
 the weight values.
@@ -25,13 +27,13 @@ from alfa_ad import Detector
 from alfa_ad.model import load_backbone
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="ViT-B-16-plus-240")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", default="alfa,winclip")
+    ap.add_argument("--aligners", default="masked,value,dense,none", help="ALFA's aligners to time")
     args = ap.parse_args()
 
     backbone = load_backbone(args.model, weights="random", seed=0, device=args.device)
@@ -52,8 +54,9 @@ def main() -> None:
     fwd = median_seconds(forward, args.repeats)
     print(f"  encode_image forward pass : {fwd * 1000:8.1f} ms")
     results = {}
-    for method in args.methods.split(","):
-        det = Detector(backbone, method=method, cache_dir=None)
+    runs = [(m, a) for m in args.methods.split(",") for a in (args.aligners.split(",") if m == "alfa" else ["masked"])]
+    for method, aligner in runs:
+        det = Detector(backbone, method=method, aligner=aligner, cache_dir=None, tile="none")
         det.predict([image], "bottle")  # text embeddings encoded once, outside the timing
 
         def one() -> None:
@@ -61,11 +64,9 @@ def main() -> None:
             if backbone.device.type == "cuda":
                 torch.cuda.synchronize()
 
-        results[method] = median_seconds(one, args.repeats)
-        print(f"  {method:8s} per image         : {results[method] * 1000:8.1f} ms "
-              f"({results[method] / fwd:.2f}x one forward pass)")
-    if "alfa" in results and "winclip" in results:
-        print(f"  alfa / winclip            : {results['alfa'] / results['winclip']:.2f}")
+        key = f"{method} ({aligner})"
+        results[key] = median_seconds(one, args.repeats)
+        print(f"  {key:18s} per image : {results[key] * 1000:8.1f} ms ({results[key] / fwd:.2f}x one forward pass)")
 
 
 if __name__ == "__main__":

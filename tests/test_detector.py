@@ -206,10 +206,10 @@ def test_text_cache_persists_across_detectors(tmp_path, planted_backbone, make_s
     det1 = Detector(planted_backbone, method="alfa", cache_dir=tmp_path)
     assert det1.text_cache.encoded == 0
     r1 = det1(img, "widget")
-    # ALFA template prompts: 6 domains x 6 states per side = 36 + 36
-    assert det1.text_cache.encoded == 72
+    # ALFA template prompts: 12 domains x 6 states per side = 72 + 72 (72 per label, as the paper counts)
+    assert det1.text_cache.encoded == 144
     det1(img, "widget")  # in-memory reuse
-    assert det1.text_cache.encoded == 72
+    assert det1.text_cache.encoded == 144
     det1.text_cache.close()
     assert (tmp_path / "text-embeddings").is_dir()
 
@@ -219,7 +219,7 @@ def test_text_cache_persists_across_detectors(tmp_path, planted_backbone, make_s
     assert r2.score == r1.score
     np.testing.assert_array_equal(r2.anomaly_map, r1.anomaly_map)
     det2(img, "gadget")  # another class: new prompts are encoded
-    assert det2.text_cache.encoded == 72
+    assert det2.text_cache.encoded == 144
     det2.text_cache.close()
 
 
@@ -227,7 +227,7 @@ def test_no_cache_dir_writes_nothing(tmp_path, planted_backbone, make_spot_image
     monkeypatch.chdir(tmp_path)
     det = Detector(planted_backbone, cache_dir=None)
     det(make_spot_image()[0], "widget")
-    assert det.text_cache.encoded == 72
+    assert det.text_cache.encoded == 144
     assert list(tmp_path.iterdir()) == []
 
 
@@ -307,7 +307,7 @@ def test_detect_function(make_spot_image):
     peak = np.unravel_index(int(r.anomaly_map.argmax()), r.anomaly_map.shape)
     assert mask[peak]
     summary = r.summary()
-    assert summary["total_normal"] == 36 and summary["total_abnormal"] == 36
+    assert summary["total_normal"] == 72 and summary["total_abnormal"] == 72
     assert summary["map_max"] == pytest.approx(float(r.anomaly_map.max()))
     # the detector for the same options is built once and reused
     from alfa_ad.detector import _cached_detector
@@ -336,14 +336,14 @@ def test_detect_accepts_list_options(make_spot_image):
 # ------------------------------------------------------------------ prompt adaptation
 def test_kept_prompts_are_ordered_non_empty_subsets(det, acceptance_set):
     ps = det.prompts("widget")
-    assert len(ps.normal) == 36 and len(ps.abnormal) == 36
+    assert len(ps.normal) == 72 and len(ps.abnormal) == 72
     for r in det.predict(acceptance_set[0], "widget"):
         for side, prompts in (("normal", ps.normal), ("abnormal", ps.abnormal)):
             kept = r.kept_prompts[side]
             assert kept, side
             assert set(kept) <= set(prompts)
             assert kept == [p for p in prompts if p in set(kept)]  # original order, no duplicates
-        assert r.n_prompts == {"normal": 36, "abnormal": 36}
+        assert r.n_prompts == {"normal": 72, "abnormal": 72}
 
 
 @torch.no_grad()

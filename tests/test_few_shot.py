@@ -123,7 +123,8 @@ def test_default_memory_layers(planted_backbone):
     assert default_memory_layers(2) == (0,)
     assert default_memory_layers(24) == (11, 17)
     det = Detector(planted_backbone, cache_dir=None)
-    assert planted_backbone.depth == 2 and det.method.memory_layers == (0,)
+    assert default_memory_layers(3) == (0, 1)
+    assert planted_backbone.depth == 3 and det.method.memory_layers == (0, 1)  # planted v2: 3 blocks
 
 
 # =========================================================================== Detector few-shot
@@ -177,7 +178,7 @@ def _pixel_auroc(det: Detector, images, masks) -> float:
 def test_memory_bank_alone_localizes(spot_set):
     det = Detector(weights="planted", method="alfa", cache_dir=None, use_text=False)
     assert det.fit_normals(_clean(3)) == []
-    assert det.method.bank_size == 3 * 15 * 15  # one memory layer, 225 patches per image
+    assert det.method.bank_size == 2 * 3 * 15 * 15  # two memory layers, 225 patches per image
     auroc = _pixel_auroc(det, *spot_set)
     assert auroc >= 0.95, auroc
     clean = det(grey_texture(240, 240, seed=100))  # a reference itself: at distance 0
@@ -350,7 +351,7 @@ def test_cli_shots_are_reproducible_and_seeded(mvtec_root, tmp_path):
     assert all(len(r) == 2 == len(set(r)) and set(r) <= pool for r in refs)
     assert refs[0] == refs[1] and set(refs[0]) != set(refs[2])
     assert _metrics(outs[0])["config"]["seed"] == 3 and _metrics(outs[2])["config"]["seed"] == 4
-    assert _metrics(outs[0])["classes"]["widget"]["memory_bank_size"] == 2 * 225
+    assert _metrics(outs[0])["classes"]["widget"]["memory_bank_size"] == 2 * 2 * 225  # 2 references, 2 layers
 
 
 def test_cli_seeds_write_per_seed_runs_and_summary(mvtec_root, tmp_path):
@@ -394,7 +395,7 @@ def test_cli_all_shots_with_coreset(mvtec_root, tmp_path):
     m = _metrics(out)
     facts = m["classes"]["widget"]
     assert len(facts["references"]) == 5
-    n_layers = 1  # planted model: memory layer (0,)
+    n_layers = 2  # planted model v2: memory layers (0, 1)
     assert 0 < facts["memory_bank_size"] <= 50 * n_layers
     assert m["config"]["coreset"] == 50 and m["config"]["shots"] == "all"
     assert m["metrics"]["widget"]["pixel_auroc"] >= 0.9

@@ -435,6 +435,6 @@ def test_llm_prompt_source(tmp_path):
         empty_set = src.prompts("screw")
         assert empty_set.normal == () and empty_set.abnormal == ()
     merged = combine([AlfaTemplateSource().prompts("metal_nut"), LLMPromptSource(lib).prompts("metal_nut")])
-    assert merged.sources["llm"] == 3 and merged.sources["template"] == 72
+    assert merged.sources["llm"] == 3 and merged.sources["template"] == 144
     with pytest.raises(LibraryError):
         LLMPromptSource({"format": "nope"})

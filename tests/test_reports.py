@@ -208,7 +208,7 @@ def test_metric_files_have_every_metric_and_the_config(two_class_run):
     # only what applies to this run: zero-shot, planted weights, not calibrated
     for absent in ("seed", "coreset", "pretrained", "normals", "calibration", "fpr", "references", "weights_file"):
         assert absent not in cfg, absent
-    assert m["classes"]["widget"]["prompt_sources"] == {"template": 72}
+    assert m["classes"]["widget"]["prompt_sources"] == {"template": 144}
 
     table = list(csv.reader(open(out / "metrics.csv", newline="")))
     assert table[0] == ["class", *TITLES] and [METRIC_TITLES[k] for k in METRICS] == TITLES
@@ -314,11 +314,11 @@ def test_prompt_library_sources_and_explanations(small_data, tmp_path):
     assert result.exit_code == 0, result.output
     m = _json(out / "metrics.json")
     facts = m["classes"]["widget"]
-    assert facts["prompt_sources"] == {"template": 72, "llm": 7}
+    assert facts["prompt_sources"] == {"template": 144, "llm": 7}
     assert m["config"]["prompt_sources"] == ["template", "llm"] and m["config"]["prompts_file"] == str(lib)
     assert m["config"]["explain"] == 3
     kept = facts["mean_prompts_kept"]
-    assert 0 < kept["normal"] <= 36 + 3 and 0 < kept["abnormal"] <= 36 + 4
+    assert 0 < kept["normal"] <= 72 + 3 and 0 < kept["abnormal"] <= 72 + 4
     assert "prompts kept per image on average" in result.output
     rows = _json(out / "scores.json")["images"]
     assert len(rows) == 4
@@ -346,7 +346,7 @@ def test_library_without_the_class_warns_templates_only(small_data, tmp_path):
     warnings = _json(out / "scores.json")["warnings"]
     assert any("widget" in w and "templates only" in w for w in warnings), warnings
     assert "templates only" in result.output
-    assert _json(out / "metrics.json")["classes"]["widget"]["prompt_sources"] == {"template": 72}
+    assert _json(out / "metrics.json")["classes"]["widget"]["prompt_sources"] == {"template": 144}
     assert all("descriptors" not in r for r in _json(out / "scores.json")["images"])  # nothing to explain
 
 

@@ -302,3 +302,31 @@ def test_nearest_neighbour_distance_of_identical_features_is_exactly_in_range():
     assert (d >= 0).all() and (d <= 1).all() and d.max() < 1e-6
     far = nearest_neighbour_distance(-bank[:3], bank[:1])
     assert (far <= 1).all()
+
+
+# ----------------------------------------------------------------- Gaussian smoothing in torch
+@pytest.mark.parametrize("sigma", [4.0, 1.5, 0.6, 40.0])
+def test_gaussian_blur_equals_scipy_gaussian_filter(sigma):
+    """The torch blur of the maps equals scipy's gaussian_filter (mode "reflect", truncate 4)
+    over the whole map, boundaries included (sigma 40: a radius longer than the map side)."""
+    import numpy as np
+    from scipy import ndimage
+
+    from alfa_ad.scoring.smoothing import GaussianBlur, reflect_index
+
+    maps = torch.rand(3, 120, 90, generator=torch.Generator().manual_seed(1))
+    out = GaussianBlur(sigma)(maps)
+    ref = ndimage.gaussian_filter(maps.numpy().astype(np.float64), sigma=(0, sigma, sigma))
+    assert out.shape == maps.shape and out.dtype == torch.float32
+    assert np.abs(out.numpy() - ref).max() < 1e-5
+    # a different boundary mode would differ at the edges: the equality is not accidental
+    other = ndimage.gaussian_filter(maps.numpy().astype(np.float64), sigma=(0, sigma, sigma), mode="mirror")
+    assert np.abs(out.numpy() - other).max() > 1e-3
+    assert reflect_index(3, 4).tolist() == [2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 0]  # c c b a | a b c | c b a a
+
+
+def test_gaussian_blur_zero_sigma_is_identity():
+    from alfa_ad.scoring.smoothing import GaussianBlur
+
+    maps = torch.rand(2, 10, 12)
+    assert torch.equal(GaussianBlur(0)(maps), maps)

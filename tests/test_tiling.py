@@ -104,7 +104,7 @@ def test_tiled_few_shot_references_and_scores(planted_backbone):
     clean, _ = spot_image(240, 1920, box=(0, 0, 0, 0), seed=4)
     det = Detector(planted_backbone, cache_dir=None, tile="auto", use_text=False)
     det.fit_normals([clean])
-    assert det.method.bank_size == 11 * 15 * 15  # 240 x 1920 -> 11 tiles of 240 x 240, 25% overlap
+    assert det.method.bank_size == 2 * 11 * 15 * 15  # 2 memory layers; 240 x 1920 -> 11 tiles of 240 x 240, 25% overlap
     auroc, on_spot = _localizes(det, img, mask)
     assert on_spot and auroc >= 0.95
     assert det(clean, "widget").score < 1e-5

@@ -114,7 +114,7 @@ def test_run_record_is_true_for_weights_shots_and_calibration(layout, checkpoint
     else:
         assert "weights_file" not in rec and "weights_sha256" not in rec
     assert ("weights_seed" in rec) == (kind == "random")
-    assert rec["prompt_sources"] == ["template"] and facts["prompt_sources"] == {"template": 72}
+    assert rec["prompt_sources"] == ["template"] and facts["prompt_sources"] == {"template": 144}
     few = mode.startswith("2-shot")
     calibrated = few or mode.endswith("calibrated")
     assert rec["shots"] == ("2" if few else "0")
@@ -205,7 +205,7 @@ def test_class_name_and_prompt_class_change_the_prompts(layout, tmp_path):
     m = _json(out / "metrics.json")
     facts = m["classes"]["widget"]
     assert facts["prompt_name"] == "metal part" and facts["prompt_class"] == "hazelnut"
-    assert facts["prompt_sources"] == {"template": 72, "llm": 2}
+    assert facts["prompt_sources"] == {"template": 144, "llm": 2}
     assert m["config"]["class_names"] == {"widget": "metal part"}
     assert m["config"]["prompt_classes"] == {"widget": "hazelnut"}
     row = _json(out / "scores.json")["images"][0]

@@ -82,16 +82,18 @@ BIAS_VALUE = 10.0
 PAINT_THRESHOLD = 0.2  # colour difference (in [0, 1] units) where the cue starts
 PAINT_GAIN = 10.0
 SATURATION = 4.0  # paint cue where the cue saturates (a strong red patch, the demo's paint)
-CUE_ANGLE = math.radians(50)  # rotation of the (cue, bias) pair at saturation
+CUE_ANGLE = math.radians(80)  # rotation of the (cue, bias) pair at saturation
+KNOTS = 4  # piecewise-linear segments of the rotation
+RAMP = 4.0  # sharpness of the gelu ramps at the knots
 # colour-difference detectors of the first block's MLP: R - G, G - R, B - (R + G) / 2
 PAINT_DETECTORS = ((1.0, -1.0, 0.0), (-1.0, 1.0, 0.0), (-0.5, -0.5, 1.0))
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-MIX_SHARPNESS = 1.2  # block 1: logit = MIX_SHARPNESS * (positional code . code), 8 at self
+MIX_SHARPNESS = 2.0  # block 1: logit = MIX_SHARPNESS * (positional code . code), 8 * MIX_SHARPNESS at self
 MIX_GAIN = 0.5  # block 1: weight of the attended (cue, bias) pair against the token's own
 CENTRE_BIAS = 2.0  # block 2: class-query logit = CENTRE_BIAS * (cos(w0 (col-7)) + cos(w0 (row-7)))
-LOCAL_SHARPNESS = 1.2  # block 2: patch-to-patch positional logit scale (as block 1)
+LOCAL_SHARPNESS = 2.0  # block 2: patch-to-patch positional logit scale (as block 1)
 CONTENT_SHARPNESS = 15.0  # block 2: patch-to-patch logit between two saturated patches (content attention)
 VALUE_CUE_GAIN = 3.0  # block 2: values carry the cue ...
 VALUE_OFFSET = 1.5  # ... plus this constant (in units of the paint cue; saturation is SATURATION)
@@ -101,20 +103,22 @@ JOINT_CUE = 1.0  # joint e0 per unit of residual cue (bias -> e1, e2 with weight
 
 def paint_cue(rgb):
     """The cue the planted model computes for a patch of mean colour ``rgb`` in [0, 1]
-    (up to the layer norms' nearly constant scale): sum over the detectors of
-    ``gelu(h) - gelu(h - SATURATION)`` with ``h = gain * (w . (rgb - mean) - threshold)``,
-    i.e. ``h`` clipped to ``[0, SATURATION]`` with smooth corners.  Accepts ``(..., 3)`` arrays."""
+    (up to the layer norms' nearly constant scale): the sum over the detectors of
+    ``h = gain * (w . (rgb - mean) - threshold)`` clipped to ``[0, SATURATION]`` (with
+    smooth corners).  The model rotates each token's (cue, bias) pair by
+    ``CUE_ANGLE * paint_cue / SATURATION``.  Accepts ``(..., 3)`` arrays."""
     import numpy as np
     from scipy.special import erf
 
-    def gelu(u):
-        return 0.5 * u * (1 + erf(u / np.sqrt(2)))
+    def ramp(u):
+        u = RAMP * u
+        return 0.5 * u * (1 + erf(u / np.sqrt(2))) / RAMP
 
     x = np.asarray(rgb, dtype=np.float64) - np.asarray(CLIP_MEAN)
     out = 0.0
     for w in PAINT_DETECTORS:
         h = PAINT_GAIN * (x @ np.asarray(w) - PAINT_THRESHOLD)
-        out = out + gelu(h) - gelu(h - SATURATION)
+        out = out + ramp(h) - ramp(h - SATURATION)
     return out
 
 
@@ -198,17 +202,27 @@ def _vision(v) -> None:
     root = WIDTH**0.5  # attention divides logits by sqrt(d_head)
     b0, b1, b2 = v.transformer.resblocks
 
-    # ---- block 0: attention off; MLP: colour differences -> saturating paint cue h, which
-    # rotates the (cue, bias) pair: cue += B sin(angle) h / SAT, bias -= B (1 - cos(angle)) h / SAT
+    # ---- block 0: attention off; MLP: colour differences -> paint cue h (clipped to
+    # [0, SATURATION]), which rotates the (cue, bias) pair by phi = CUE_ANGLE * h / SATURATION:
+    # cue += B sin(phi), bias += B (cos(phi) - 1), as a piecewise-linear function of h with
+    # knots every SATURATION / KNOTS (sharpened gelu ramps), so every token keeps its norm.
     for p in (b0.attn.out_proj.weight, b0.attn.out_proj.bias):
         torch.nn.init.zeros_(p)
-    for j, w in enumerate(PAINT_DETECTORS):
-        for unit, shift, sign in ((2 * j, 0.0, 1.0), (2 * j + 1, SATURATION, -1.0)):  # gelu(h) - gelu(h - SAT)
+    knots = [SATURATION * k / KNOTS for k in range(KNOTS + 1)]
+    phis = [CUE_ANGLE * k / KNOTS for k in range(KNOTS + 1)]
+    targets = {(CUE, ANTI_CUE): [big * math.sin(f) for f in phis],
+               (BIAS, ANTI_BIAS): [big * (math.cos(f) - 1) for f in phis]}
+    unit = 0
+    for w in PAINT_DETECTORS:
+        for k, knot in enumerate(knots):
             for c in range(3):
-                b0.mlp.c_fc.weight[unit, COLOUR[c]] = PAINT_GAIN * s * w[c]
-            b0.mlp.c_fc.bias[unit] = -PAINT_GAIN * PAINT_THRESHOLD - shift
-            _pair(b0.mlp.c_proj.weight, CUE, ANTI_CUE, unit, sign * big * math.sin(CUE_ANGLE) / SATURATION)
-            _pair(b0.mlp.c_proj.weight, BIAS, ANTI_BIAS, unit, -sign * big * (1 - math.cos(CUE_ANGLE)) / SATURATION)
+                b0.mlp.c_fc.weight[unit, COLOUR[c]] = RAMP * PAINT_GAIN * s * w[c]
+            b0.mlp.c_fc.bias[unit] = -RAMP * (PAINT_GAIN * PAINT_THRESHOLD + knot)  # gelu(RAMP (h - knot)) / RAMP
+            for (axis, anti), ys in targets.items():
+                slope = [(ys[i + 1] - ys[i]) / (knots[i + 1] - knots[i]) for i in range(KNOTS)] + [0.0]
+                change = slope[k] - (slope[k - 1] if k else 0.0)
+                _pair(b0.mlp.c_proj.weight, axis, anti, unit, change / RAMP)
+            unit += 1
 
     # ---- block 1: positional attention (patches: local; class token: uniform, it has no
     # code); the attended (cue, bias) pair is added, then the MLP divides the pair by 1 + gain
