@@ -62,6 +62,10 @@ def run(
     batch_size: int = typer.Option(8, "--batch-size"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write heat-map overlays."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: images already "
+                                "scored are skipped, metrics come out as if it had not stopped."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images ahead of the model "
+                                          "(default: min(4, CPUs))."),
 ) -> None:
     """Score every test image under --data; write scores, overlays, masks and metrics to --out."""
     from ..prompting.llm import resolve_classes
@@ -119,7 +123,15 @@ def run(
     for cls, lib in libs.items():
         detector.set_prompt_class(names.get(cls, cls), lib)
     say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
-    if previous_outputs(out):
+    if workers is not None and workers < 1:
+        fail("--workers must be at least 1")
+    if resume and len(seed_list) > 1:
+        fail("--resume continues one run; with --seeds, resume each seed_<s> folder with --seed s")
+    if resume:
+        if not (out / ".resume" / "state.json").is_file():
+            fail(f"{out}: nothing to resume (no checkpoint of an interrupted run there); run without --resume")
+        say(f"resuming the run in {out}")
+    elif previous_outputs(out):
         say(f"{out} holds an earlier run's outputs: they are replaced")
         clear_previous(out)
     reports = []
@@ -139,7 +151,7 @@ def run(
             say(f"--- seed {s} -> {target}")
         detector.clear_normals()
         reports.append(run_with_progress(detector, dataset, target, record, options, overlays=overlays,
-                                         prepare=prepare, warnings=list(warnings)))
+                                         prepare=prepare, warnings=list(warnings), resume=resume, workers=workers))
     if not any(r.rows for r in reports):
         raise typer.Exit(1)
     if len(seed_list) > 1:

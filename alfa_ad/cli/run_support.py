@@ -156,7 +156,8 @@ def few_shot_prepare(pools: dict[str, tuple[list[Path], str]], options: RunOptio
 
 
 def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, record: dict, options: RunOptions, *,
-                      overlays: bool, prepare=None, warnings: list[str] | None = None):
+                      overlays: bool, prepare=None, warnings: list[str] | None = None, resume: bool = False,
+                      workers: int | None = None):
     """Run the local engine with a progress bar, then print warnings, facts and the table."""
     from ..runner import run_dataset
 
@@ -173,8 +174,14 @@ def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, rec
         def on_error(msg: str) -> None:
             progress.console.print(f"[yellow]skipped:[/] {escape(msg)}", soft_wrap=True, highlight=False)
 
-        report = run_dataset(detector, dataset, out, record, options, overlays=overlays, warnings=warnings or [],
-                             prepare=prepare, on_progress=on_progress, on_error=on_error)
+        try:
+            report = run_dataset(detector, dataset, out, record, options, overlays=overlays, warnings=warnings or [],
+                                 prepare=prepare, on_progress=on_progress, on_error=on_error, resume=resume,
+                                 workers=workers)
+        except ValueError as exc:
+            if not resume:
+                raise
+            fail(str(exc))
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
     for cls, facts in report.classes.items():
@@ -196,6 +203,8 @@ def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, rec
         _print_table(metrics_table(report.metrics, report.mean_metrics()),
                      f"alfa-ad {record['method']}, {record['shots']}-shot - {record['weights']}")
     skipped_classes = sum(e.startswith("class ") for e in report.errors)
+    if report.resumed_rows:
+        say(f"{report.resumed_rows} images were scored before the interruption and kept")
     say(f"{len(report.rows)} images scored, {len(report.errors) - skipped_classes} images skipped, "
         f"{skipped_classes} classes skipped, {report.seconds:.1f} s; outputs in {out} ({record['weights']})")
     return report

@@ -27,9 +27,9 @@ from .tables import write_metric_files
 CSV_FIELDS = ("class", "path", "defect_type", "label", "score", "decision", "mask_area", "global_score", "map_max",
               "kept_normal", "kept_abnormal", "total_normal", "total_abnormal", "tiles", "descriptors", "method",
               "weights")
-OWNED_FILES = ("scores.csv", "scores.json", "metrics.json", "metrics.csv", "metrics.md", "metrics_seeds.json",
-               "metrics_seeds.csv", "metrics_seeds.md", "report.html")
-OWNED_FOLDERS = ("overlays", "masks", "report")
+OWNED_FILES = ("scores.csv", "scores.jsonl", "scores.json", "metrics.json", "metrics.csv", "metrics.md",
+               "metrics_seeds.json", "metrics_seeds.csv", "metrics_seeds.md", "report.html")
+OWNED_FOLDERS = ("overlays", "masks", "report", ".resume")
 
 
 def previous_outputs(out: Path) -> list[Path]:
@@ -63,21 +63,38 @@ def _csv_value(key: str, value: Any) -> Any:
 
 
 class RunFiles:
-    """Writers of one run folder, all reading the one run ``record``."""
+    """Writers of one run folder, all reading the one run ``record``.
 
-    def __init__(self, out: Path, record: dict[str, Any], *, overlays: bool = True) -> None:
+    ``scores.csv`` and ``scores.jsonl`` (one typed JSON object per image) are appended
+    and flushed per image.  ``previous_rows``: rows of an interrupted run being resumed
+    (the files are rewritten with exactly those rows first).
+    """
+
+    def __init__(self, out: Path, record: dict[str, Any], *, overlays: bool = True,
+                 previous_rows: list[dict[str, Any]] | None = None) -> None:
         self.out = out
         self.record = record
         self.overlays = overlays
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(previous_rows or [])
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.banner = None if record["weights_source"]["source"] in ("pretrained", "checkpoint") else record["weights"]
         out.mkdir(parents=True, exist_ok=True)
         self._csv = open(out / "scores.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._jsonl = open(out / "scores.jsonl", "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._writer = csv.DictWriter(self._csv, fieldnames=CSV_FIELDS, extrasaction="ignore")
         self._writer.writeheader()
+        for row in self.rows:
+            self._append(row)
+        self._flush()
+
+    def _append(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: _csv_value(k, v) for k, v in row.items()})
+        self._jsonl.write(json.dumps(row) + "\n")
+
+    def _flush(self) -> None:
         self._csv.flush()
+        self._jsonl.flush()
 
     @property
     def header(self) -> dict[str, Any]:
@@ -87,8 +104,8 @@ class RunFiles:
         """Record one scored image: its CSV row now, its overlay and (when flagged) its mask."""
         row = csv_row(sample, result)
         self.rows.append(row)
-        self._writer.writerow({k: _csv_value(k, v) for k, v in row.items()})
-        self._csv.flush()
+        self._append(row)
+        self._flush()
         if result.decision and result.mask is not None:
             atomic_save_image(self.out / "masks" / f"{sample.key}.png",
                               Image.fromarray(result.mask.astype(np.uint8) * 255))
@@ -113,3 +130,20 @@ class RunFiles:
 
     def close(self) -> None:
         self._csv.close()
+        self._jsonl.close()
+
+
+def read_jsonl(path: Path, limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of a ``scores.jsonl`` (fewer when the file is shorter)."""
+    rows: list[dict[str, Any]] = []
+    if not path.is_file():
+        return rows
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if len(rows) >= limit:
+                break
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut by the interruption
+                break
+    return rows
