@@ -18,10 +18,10 @@ from PIL import Image
 from . import __version__
 from .detector import DetectionResult, Detector
 from .evaluation.metrics import EVAL_SIZE, summarize
-from .io.atomic import atomic_save_image, atomic_write_text
+from .io.atomic import atomic_write_text
 from .io.datasets import Sample
 from .io.images import ImageLoadError, load_image, load_mask
-from .io.overlay import render_overlay
+from .report import ClassOverlayWriter, write_report  # issue 13: per-class overlays, report.html
 
 CSV_FIELDS = ("class", "path", "defect_type", "label", "score", "decision", "global_score", "map_max",
               "kept_normal", "kept_abnormal", "total_normal", "total_abnormal", "method", "weights")
@@ -150,6 +150,7 @@ def run_dataset(
     config: dict[str, Any],
     *,
     overlays: bool = True,
+    overlay_scale: str = "class",
     explain: int = 0,
     warnings: Sequence[str] = (),
     prepare: Prepare | None = None,
@@ -162,6 +163,8 @@ def run_dataset(
     ``prepare(detector, class_name)`` runs before each class (few-shot: fit the
     memory bank, calibrate) and returns facts for the report; raising
     ``ImageLoadError``/``ValueError`` there skips the class with the error recorded.
+    Overlays of a class are written after its last image, on one colour scale
+    (``overlay_scale="class"``; ``"image"``: each image's own range); ``report.html`` at the end.
     """
     out.mkdir(parents=True, exist_ok=True)
     report = RunReport(out, config, warnings=list(warnings))
@@ -181,6 +184,8 @@ def run_dataset(
                     on_error(report.errors[-1])
                 continue
         ev = ClassEval()
+        maps = ClassOverlayWriter(out, class_name, scale=overlay_scale, render=overlays,
+                                  thresholds=facts.get("thresholds"), banner=banner)
         kept: list[tuple[int, int]] = []
         done = 0
         for start in range(0, len(samples), detector.batch_size):
@@ -195,7 +200,7 @@ def run_dataset(
                         on_error(str(exc))
             results = detector.predict(images, class_name, explain=explain) if images else []
             for s, im, r in zip(batch, images, results):
-                _record(report, ev, s, im, r, out, overlays, banner)
+                _record(report, ev, s, im, r, maps)
                 kept.append((len(r.kept_prompts["normal"]), len(r.kept_prompts["abnormal"])))
             done += len(samples[start : start + detector.batch_size])
             if on_progress:
@@ -203,6 +208,8 @@ def run_dataset(
         if kept:
             facts["mean_prompts_kept"] = {"normal": float(np.mean([k[0] for k in kept])),
                                           "abnormal": float(np.mean([k[1] for k in kept]))}
+        maps.finish()
+        report.warnings.extend(maps.warnings)
         report.classes[class_name] = facts
         if ev.labels:
             report.metrics[class_name] = ev.metrics()
@@ -210,18 +217,14 @@ def run_dataset(
         report.write()
     report.seconds = time.perf_counter() - t0
     report.write()
+    write_report(out)
     return report
 
 
-def _record(report: RunReport, ev: ClassEval, s: Sample, im: Image.Image, r: DetectionResult, out: Path,
-            overlays: bool, banner: str | None) -> None:
+def _record(report: RunReport, ev: ClassEval, s: Sample, im: Image.Image, r: DetectionResult,
+            maps: ClassOverlayWriter) -> None:
     mask = _mask_for(s, im.size, report) if s.label is not None else None
-    if overlays:
-        lo, hi = float(r.anomaly_map.min()), float(r.anomaly_map.max())
-        text = f"score {r.score:.3f} | colours span map range {lo:.3f}-{hi:.3f}" + (f" | {banner}" if banner else "")
-        atomic_save_image(out / "overlays" / f"{s.key}.png",
-                          render_overlay(im, r.anomaly_map, vmin=lo, vmax=max(hi, lo + 1e-6), banner=text,
-                                         mask=mask if s.label else None))
+    maps.add(s.key, s.path, r.anomaly_map, mask, score=r.score, image=im)
     if s.label is not None:
         ev.labels.append(s.label)
         ev.scores.append(r.score)
@@ -229,7 +232,8 @@ def _record(report: RunReport, ev: ClassEval, s: Sample, im: Image.Image, r: Det
             ev.maps.append(_eval_resize(r.anomaly_map))
             ev.masks.append(_eval_resize(mask.astype(np.float32)) >= 0.5)
     row = {"class": s.class_name, "path": str(s.path), "defect_type": s.defect_type,
-           "label": "" if s.label is None else s.label, **r.summary()}
+           "label": "" if s.label is None else s.label, **r.summary(),
+           "key": s.key, "kept_prompts": r.kept_prompts}  # for the report (issue 13)
     if r.descriptors:
         row["descriptors"] = [[t, round(v, 4)] for t, v in r.descriptors]
     report.rows.append(row)

@@ -67,7 +67,8 @@ def test_demo_writes_all_outputs(tmp_path):
     assert len(overlays) == 10
     assert {p.parent.name for p in overlays} == {"good", "spot"}
     for p in overlays:
-        assert _valid_png(p) == (2 * 320, 240)  # [original | overlay] side by side
+        w, h = _valid_png(p)  # [original | overlay | colour bar] side by side
+        assert h == 240 and 2 * 320 < w < 3 * 320
     assert "px AUROC" in result.output and "PRO" in result.output and "planted" in result.output
 
 
@@ -124,7 +125,7 @@ def test_run_reports_bad_files_and_scores_the_rest(dataset_with_bad_files, tmp_p
     assert len(scores2["images"]) == 9
     for p, content in before.items():  # earlier overlays, the victim's included, are intact
         assert p.exists(), p
-        assert _valid_png(p) == (640, 240)
+        assert _valid_png(p)[1] == 240
     assert (out / "overlays" / "widget" / "spot" / "002.png").read_bytes() == before[
         out / "overlays" / "widget" / "spot" / "002.png"]
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
@@ -160,8 +161,9 @@ def test_run_on_plain_folder_has_no_labels_and_no_metrics(tmp_path):
     assert all(r["label"] == "" and r["defect_type"] == "" for r in rows)
     assert {r["class"] for r in rows} == {"gear"}
     assert not (out / "metrics.json").exists()  # nothing to measure without labels
-    assert _valid_png(out / "overlays" / "gear" / "images" / "img0.png") == (300, 100)
-    assert _valid_png(out / "overlays" / "gear" / "images" / "img1.png") == (120, 90)
+    w0, h0 = _valid_png(out / "overlays" / "gear" / "images" / "img0.png")
+    w1, h1 = _valid_png(out / "overlays" / "gear" / "images" / "img1.png")
+    assert (h0, h1) == (100, 90) and w0 > 300 and w1 > 120  # image | overlay | colour bar
 
 
 # ------------------------------------------------------------------ usage errors (exit 2)

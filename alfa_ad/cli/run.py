@@ -18,12 +18,13 @@ from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..model.weights import WeightsUnavailableError
 from ..registry import METHODS
 from ..prompting.library import LibraryError
+from ..report import SCALE_MODES, write_report
 from ..runner import RunReport, aggregate_seeds, metrics_table, run_dataset, write_seed_summary
 from .common import _parse_ints, _print_table, app, console, fail, say
 
 
 def _run(detector: Detector, dataset: dict, out: Path, overlays: bool, config: dict, *, explain: int = 0,
-         prepare=None, warnings: list[str] | None = None) -> RunReport:
+         prepare=None, warnings: list[str] | None = None, overlay_scale: str = "class") -> RunReport:
     total = sum(len(v) for v in dataset.values())
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -37,7 +38,8 @@ def _run(detector: Detector, dataset: dict, out: Path, overlays: bool, config: d
         def on_error(msg: str) -> None:
             progress.console.print(f"[yellow]skipped:[/] {escape(msg)}", soft_wrap=True, highlight=False)
 
-        report = run_dataset(detector, dataset, out, config, overlays=overlays, explain=explain,
+        report = run_dataset(detector, dataset, out, config, overlays=overlays, overlay_scale=overlay_scale,
+                             explain=explain,
                              warnings=warnings or [], prepare=prepare, on_progress=on_progress, on_error=on_error)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
@@ -155,6 +157,8 @@ def run(
     batch_size: int = typer.Option(8, "--batch-size"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write heat-map overlays."),
+    overlay_scale: str = typer.Option("class", "--overlay-scale",
+                                      help="class: one colour scale per class; image: each map's own range."),
 ) -> None:
     """Score every test image under --data; write scores, overlays and metrics to --out."""
     from ..prompting.llm import resolve_classes
@@ -170,6 +174,8 @@ def run(
         fail(f"--fpr must be between 0 and 1, got {fpr}")
     if coreset is not None and coreset < 1:
         fail("--coreset must be at least 1")
+    if overlay_scale not in SCALE_MODES:
+        fail(f"--overlay-scale must be {' or '.join(SCALE_MODES)}, got {overlay_scale!r}")
     try:
         wanted = resolve_classes(classes) if classes else None
         dataset, warnings = discover(data, wanted, class_name)
@@ -200,12 +206,14 @@ def run(
             say(f"--- seed {s} -> {target}")
         detector.clear_normals()
         reports.append(_run(detector, dataset, target, overlays, config, explain=explain, prepare=prepare,
-                            warnings=list(warnings)))
+                            warnings=list(warnings), overlay_scale=overlay_scale))
     if not any(r.rows for r in reports):
         raise typer.Exit(1)
     if len(seed_list) > 1:
         rows = write_seed_summary(out, {**reports[0].config, "seed": None}, seed_list, aggregate_seeds(reports))
         _print_table(rows, f"mean ± std over seeds {','.join(map(str, seed_list))} - {detector.weights_label}")
         say(f"seed summary in {out}/metrics_seeds.{{json,csv,md}}")
+        write_report(out)
+    say(f"report: {out / 'report.html'}")
 
 
