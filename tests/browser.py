@@ -80,11 +80,11 @@ def check_report(report: Path, screenshot: Path | None = None, width: int = 1280
     out = PageCheck()
     with open_page(report, out, width, height) as page:
         out.banner = page.inner_text("#weights-banner") if page.query_selector("#weights-banner") else ""
+        if screenshot is not None:  # before any change below: what a reader sees first
+            page.screenshot(path=str(screenshot))
         if page.query_selector("#page-size"):
             page.select_option("#page-size", "10000")
         out.cards = page.locator(".card").count()
-        if screenshot is not None:  # before the eager loading below: what a reader sees first
-            page.screenshot(path=str(screenshot))
         results = page.evaluate(_EAGER_AND_WAIT)
         out.images = len(results)
         out.broken_images = [src for src, w in results if not w]
