@@ -5,8 +5,6 @@ Skipped with a reason when playwright or a chromium executable is missing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
 
 import pytest

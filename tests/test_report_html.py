@@ -28,7 +28,7 @@ def invoke(*args):
 
 def gallery_data(page: Path) -> dict:
     html = page.read_text(encoding="utf-8")
-    m = re.search(r'<script type="application/json" id="gallery-data">(.*?)</script>', html, re.S)
+    m = re.search(r'<script type="application/json" id="gallery-data">(.*?)</script>', html, re.DOTALL)
     assert m, "no gallery data in the page"
     return json.loads(m.group(1))
 

@@ -71,7 +71,7 @@ def test_image_scale_stretches_each_map(tmp_path):
 
 
 def test_threshold_sits_mid_scale_and_is_drawn(tmp_path):
-    a, b, w = _write(tmp_path, "class", thresholds={"image": 0.6, "pixel": 0.45, "fpr": 0.01})
+    a, _, _ = _write(tmp_path, "class", thresholds={"image": 0.6, "pixel": 0.45, "fpr": 0.01})
     scale = json.loads((tmp_path / "class_stats" / "part.json").read_text())["scale"]
     assert scale["rule"] == "threshold" and scale["threshold"] == 0.45
     assert scale["vmin"] < 0.45 < scale["vmax"]
@@ -133,7 +133,7 @@ def test_writer_rejects_unknown_scale(tmp_path):
 
 
 def test_no_render_still_collects_stats(tmp_path):
-    calm, hot, mask = _maps()
+    calm, _, mask = _maps()
     w = ClassOverlayWriter(tmp_path, "part", render=False)
     w.add("part/good/a", tmp_path / "missing.png", calm, np.zeros_like(mask))
     w.finish()

@@ -3,10 +3,10 @@
 Built only from a run folder's files (:func:`write_report`), so old runs get one too.
 """
 
-from .overlays import ClassOverlayWriter
-from .scale import SCALE_MODES, ColourScale, PixelStats
 from .html import write_report
+from .overlays import ClassOverlayWriter
 from .runfiles import RunFolderError, load_run
+from .scale import SCALE_MODES, ColourScale, PixelStats
 
-__all__ = ["ClassOverlayWriter", "ColourScale", "PixelStats", "RunFolderError", "SCALE_MODES", "load_run",
+__all__ = ["SCALE_MODES", "ClassOverlayWriter", "ColourScale", "PixelStats", "RunFolderError", "load_run",
            "write_report"]

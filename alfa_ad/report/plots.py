@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+matplotlib.use("Agg")  # before pyplot: no display needed
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 PRO_FPR_LIMIT = 0.3
 _NORMAL, _ANOMALOUS = "#1f77b4", "#d62728"

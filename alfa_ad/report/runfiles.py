@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,7 +48,7 @@ def as_float(value: Any) -> float | None:
         out = float(value)
     except (TypeError, ValueError):
         return None
-    return out if out == out else None  # NaN -> None
+    return None if math.isnan(out) else out
 
 
 def as_label(value: Any) -> int | None:
