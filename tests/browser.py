@@ -80,7 +80,8 @@ def check_report(report: Path, screenshot: Path | None = None, width: int = 1280
     out = PageCheck()
     with open_page(report, out, width, height) as page:
         out.banner = page.inner_text("#weights-banner") if page.query_selector("#weights-banner") else ""
-        if screenshot is not None:  # before any change below: what a reader sees first
+        if screenshot is not None:  # before any change below: what a reader sees first, images loaded
+            page.evaluate(_EAGER_AND_WAIT)
             page.screenshot(path=str(screenshot))
         if page.query_selector("#page-size"):
             page.select_option("#page-size", "10000")

@@ -58,6 +58,9 @@ def _header(run: RunFolder) -> list[tuple[str, str]]:
             ("shots", _text(c.get("shots"))), ("seeds" if seeds else "seed", _text(seeds or c.get("seed"))),
             ("scales", _text(c.get("scales"))), ("data", _text(c.get("data"))),
             ("alfa-ad version", _text(run.version)), ("date", _text(run.date))]
+    if source.get("file"):
+        sha = str(source.get("sha256") or "")
+        rows.insert(1, ("weights file", f"{source['file']}" + (f" (sha256 {sha[:16]}…)" if sha else "")))
     if run.rows:
         rows.append(("images", f"{len(run.rows)} scored, {len(run.errors)} skipped"
                      + (f", {run.seconds:.1f} s" if run.seconds is not None else "")))
