@@ -153,3 +153,13 @@ def test_unreadable_image_at_render_time_is_a_warning(tmp_path):
 def test_colorbar_on_a_tiny_image_under_a_tall_banner():
     out = render_overlay(Image.new("RGB", (12, 9)), np.zeros((9, 12)), banner="a long banner " * 6, colorbar=True)
     assert out.size[1] == 9 and out.size[0] > 24
+
+
+def test_threshold_contour_not_drawn_along_the_frame():
+    image = Image.new("RGB", (40, 30), (128, 128, 128))
+    scores = np.zeros((30, 40))
+    scores[:, 20:] = 1.0  # above the threshold up to the right edge
+    right = np.asarray(render_overlay(image, scores, threshold=0.5))[:, 40:]
+    magenta = (right == THRESHOLD_COLOUR).all(axis=2)
+    assert magenta[:, 20].all()  # the region's inner edge
+    assert not magenta[:, 39].any() and not magenta[0, 21:].any()  # not the frame

@@ -59,11 +59,12 @@ def _check_map_shape(name: str, array: np.ndarray, size: tuple[int, int]) -> Non
         )
 
 
-def _contour(mask: np.ndarray, thickness: int) -> np.ndarray:
-    """Inner boundary band of a bool mask, ``thickness`` pixels wide."""
+def _contour(mask: np.ndarray, thickness: int, at_border: bool = True) -> np.ndarray:
+    """Inner boundary band of a bool mask, ``thickness`` pixels wide (``at_border=False``:
+    not along the image's edges, where a region is only cut off by the frame)."""
     if not mask.any():
         return mask
-    return mask & ~ndimage.binary_erosion(mask, iterations=thickness)
+    return mask & ~ndimage.binary_erosion(mask, iterations=thickness, border_value=0 if at_border else 1)
 
 
 def _banner_font(size: tuple[int, int]) -> Font:
@@ -204,7 +205,7 @@ def render_overlay(
     overlay = np.round(blended).clip(0, 255).astype(np.uint8)
     thickness = max(1, max(size) // 512)
     if threshold is not None:
-        overlay[_contour(scores >= threshold, thickness)] = THRESHOLD_COLOUR
+        overlay[_contour(scores >= threshold, thickness, at_border=False)] = THRESHOLD_COLOUR
     if truth is not None:
         overlay[_contour(truth, thickness)] = _WHITE
 
