@@ -130,6 +130,7 @@ def run_dataset(
     on_error: Callable[[str], None] | None = None,
     resume: bool = False,
     workers: int | None = None,
+    overlay_scale: str = "class",
 ) -> RunReport:
     """Score every sample; every result goes to the run's files as it comes.
 
@@ -147,7 +148,7 @@ def run_dataset(
     prev_rows = read_jsonl(out / "scores.jsonl", state.rows) if saved else []
     state.rows = len(prev_rows)
     state.record_detector = dict(record.get("detector") or {})
-    files = RunFiles(out, record, overlays=overlays, previous_rows=prev_rows)
+    files = RunFiles(out, record, overlays=overlays, overlay_scale=overlay_scale, previous_rows=prev_rows)
     files.warnings += list(warnings)
     files.errors += state.errors
     report = RunReport(out, record, rows=files.rows, errors=files.errors, warnings=files.warnings,
@@ -203,6 +204,7 @@ def run_dataset(
                         continue
             state.current, state.current_facts = class_name, facts
             checkpoints.save(out, state, ev.state())
+            files.begin_class(class_name, facts.get("thresholds"))
             total, done_count, batch = len(samples), 0, []
             for s, im, exc in prefetch(lambda smp: load_image(smp.path), samples, workers=workers,
                                        lookahead=2 * detector.batch_size):
@@ -219,6 +221,7 @@ def run_dataset(
             if batch:
                 _score(detector, batch, name, options.explain, writer, record_one, ev)
             writer.flush()
+            files.end_class()  # the class's overlays, on its one colour scale
             if on_progress:
                 on_progress(class_name, total, total)
             if ev.kept:

@@ -17,7 +17,7 @@ from ..outputs.tables import aggregate_seeds, write_seed_summary
 from ..outputs.writers import clear_previous, previous_outputs
 from .common import _parse_ints, _print_table, app, fail, say
 from .run_support import (build_detector, check_device, check_out, few_shot_prepare, name_map, reference_pools,
-                          run_with_progress)
+                          run_with_progress, write_html_report)
 
 # kept for callers of the earlier module layout
 _detector = build_detector
@@ -66,6 +66,8 @@ def run(
                                 "scored are skipped, metrics come out as if it had not stopped."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images ahead of the model "
                                           "(default: min(4, CPUs))."),
+    overlay_scale: str = typer.Option("class", "--overlay-scale",
+                                      help="class: one colour scale per class; image: each map's own range."),
 ) -> None:
     """Score every test image under --data; write scores, overlays, masks and metrics to --out."""
     from ..prompting.llm import resolve_classes
@@ -125,6 +127,8 @@ def run(
     say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
     if workers is not None and workers < 1:
         fail("--workers must be at least 1")
+    if overlay_scale not in ("class", "image"):
+        fail(f"--overlay-scale must be class or image, got {overlay_scale!r}")
     if resume and len(seed_list) > 1:
         fail("--resume continues one run; with --seeds, resume each seed_<s> folder with --seed s")
     if resume:
@@ -151,7 +155,8 @@ def run(
             say(f"--- seed {s} -> {target}")
         detector.clear_normals()
         reports.append(run_with_progress(detector, dataset, target, record, options, overlays=overlays,
-                                         prepare=prepare, warnings=list(warnings), resume=resume, workers=workers))
+                                         prepare=prepare, warnings=list(warnings), resume=resume, workers=workers,
+                                         overlay_scale=overlay_scale))
     if not any(r.rows for r in reports):
         raise typer.Exit(1)
     if len(seed_list) > 1:
@@ -159,3 +164,4 @@ def run(
                                   aggregate_seeds([r.metrics for r in reports]))
         _print_table(rows, f"mean ± std over seeds {','.join(map(str, seed_list))} - {detector.weights_label}")
         say(f"seed summary in {out}/metrics_seeds.{{json,csv,md}}")
+        write_html_report(out)

@@ -157,7 +157,7 @@ def few_shot_prepare(pools: dict[str, tuple[list[Path], str]], options: RunOptio
 
 def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, record: dict, options: RunOptions, *,
                       overlays: bool, prepare=None, warnings: list[str] | None = None, resume: bool = False,
-                      workers: int | None = None):
+                      workers: int | None = None, overlay_scale: str = "class", report_html: bool = True):
     """Run the local engine with a progress bar, then print warnings, facts and the table."""
     from ..runner import run_dataset
 
@@ -177,7 +177,7 @@ def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, rec
         try:
             report = run_dataset(detector, dataset, out, record, options, overlays=overlays, warnings=warnings or [],
                                  prepare=prepare, on_progress=on_progress, on_error=on_error, resume=resume,
-                                 workers=workers)
+                                 workers=workers, overlay_scale=overlay_scale)
         except ValueError as exc:
             if not resume:
                 raise
@@ -207,4 +207,18 @@ def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, rec
         say(f"{report.resumed_rows} images were scored before the interruption and kept")
     say(f"{len(report.rows)} images scored, {len(report.errors) - skipped_classes} images skipped, "
         f"{skipped_classes} classes skipped, {report.seconds:.1f} s; outputs in {out} ({record['weights']})")
+    if report_html:
+        write_html_report(out)
     return report
+
+
+def write_html_report(out: Path) -> None:
+    """``report.html`` from the run folder's files; a failure is a warning, never a lost run."""
+    from ..report import write_report
+
+    try:
+        write_report(out)
+    except Exception as exc:  # noqa: BLE001 - the scores are written; the page is a view of them
+        console.print(f"[yellow]warning:[/] report.html not written: {escape(str(exc))}", soft_wrap=True)
+        return
+    say(f"report: {out / 'report.html'}")
