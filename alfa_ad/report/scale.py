@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
-from ..evaluation.metrics import EVAL_SIZE, PRO_STRUCTURE
+from ..evaluation.metrics import EVAL_SIZE
+from ..evaluation.streaming import N_BINS, StreamingPixelMetrics, value_keys
 
 LOW_QUANTILE = 0.01
 HIGH_QUANTILE = 0.999
-N_BINS = 1 << 18
-BIN_WIDTH = 1.0 / N_BINS
+BIN_WIDTH = 1.0 / (N_BINS - 1)  # bins of alfa_ad.evaluation.streaming: value = bin * BIN_WIDTH
 SCALE_MODES = ("class", "image")
 
 
@@ -68,47 +67,44 @@ def eval_resize(values: np.ndarray) -> np.ndarray:
     return F.interpolate(t, size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _bins(values: np.ndarray) -> np.ndarray:
-    v = np.nan_to_num(np.asarray(values, dtype=np.float64).ravel(), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip((v * N_BINS).astype(np.int64), 0, N_BINS - 1)
-
-
-class PixelStats:
-    """Histograms of one class's map values: all pixels, normal pixels, defect pixels, and the
-    per-region overlap mass of PRO (each ground-truth region adds weight 1 spread over its pixels)."""
+class PixelStats(StreamingPixelMetrics):
+    """One class's map values: the metric histograms of
+    :class:`~alfa_ad.evaluation.streaming.StreamingPixelMetrics` (normal pixels, defect
+    pixels, PRO region mass) for images with ground truth, plus a histogram of *all*
+    pixels (unlabelled images too) for the colour scale; same bins, so one code path."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.all = np.zeros(N_BINS, dtype=np.int64)
-        self.normal = np.zeros(N_BINS, dtype=np.int64)
-        self.defect = np.zeros(N_BINS, dtype=np.int64)
-        self.regions = np.zeros(N_BINS, dtype=np.float64)
-        self.n_regions = 0
         self.n_images = 0
 
-    def add(self, anomaly_map: np.ndarray, mask: np.ndarray | None) -> None:
-        """One image; ``mask`` is its ground truth (all False for a good image) or None if unknown."""
-        small = eval_resize(anomaly_map)
-        idx = _bins(small)
-        self.all += np.bincount(idx, minlength=N_BINS)
+    @property
+    def normal(self) -> np.ndarray:
+        return self.neg
+
+    @property
+    def defect(self) -> np.ndarray:
+        return self.pos
+
+    @property
+    def regions(self) -> np.ndarray:
+        return self.region_weight
+
+    def add(self, anomaly_map: np.ndarray, mask: np.ndarray | None) -> None:  # type: ignore[override]
+        """One image at any size (resized to EVAL_SIZE here); ``mask`` is its ground truth
+        (all False for a good image) or None if unknown."""
+        small = eval_resize(np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32), nan=0.0))
+        self.all += np.bincount(value_keys(small).ravel(), minlength=N_BINS)
         self.n_images += 1
-        if mask is None:
-            return
-        truth = (eval_resize(np.asarray(mask, dtype=np.float32)) >= 0.5).ravel()
-        self.normal += np.bincount(idx[~truth], minlength=N_BINS)
-        if truth.any():
-            self.defect += np.bincount(idx[truth], minlength=N_BINS)
-            labelled, n = ndimage.label(truth.reshape(EVAL_SIZE, EVAL_SIZE), structure=PRO_STRUCTURE)
-            ids = labelled.ravel()[truth]
-            sizes = np.bincount(ids)
-            self.regions += np.bincount(idx[truth], weights=1.0 / sizes[ids], minlength=N_BINS)
-            self.n_regions += n
+        if mask is not None:
+            super().add(eval_resize(np.asarray(mask, dtype=np.float32)) >= 0.5, small)
 
     def quantile(self, q: float) -> float | None:
         total = int(self.all.sum())
         if total == 0:
             return None
         k = int(np.searchsorted(np.cumsum(self.all), q * total, side="left"))
-        return (min(k, N_BINS - 1) + 0.5) * BIN_WIDTH
+        return min(k, N_BINS - 1) * BIN_WIDTH
 
     def scale(self, threshold: float | None = None) -> ColourScale:
         lo, hi = self.quantile(LOW_QUANTILE), self.quantile(HIGH_QUANTILE)
