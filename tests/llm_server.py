@@ -88,8 +88,35 @@ def list_reply(head: str, body: dict, continuation: bool, n: int = 6) -> str:
     return "\n".join(lines)
 
 
+VERDICT = {"anomalous": True, "defect_type": "red spot", "location": "upper right",
+           "reason": "A red patch that the normal references do not have.", "confidence": 0.8}
+
+
+def is_vision(body: dict) -> bool:
+    return any(isinstance(m.get("content"), list) for m in body.get("messages", []))
+
+
+def text_parts(body: dict) -> str:
+    """All text of a chat request, string contents and the text parts of list contents."""
+    out = []
+    for m in body.get("messages", []):
+        c = m.get("content")
+        if isinstance(c, str):
+            out.append(c)
+        elif isinstance(c, list):
+            out += [p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text"]
+    return "\n".join(out)
+
+
+def image_urls(body: dict) -> list[str]:
+    return [p["image_url"]["url"] for m in body.get("messages", []) if isinstance(m.get("content"), list)
+            for p in m["content"] if isinstance(p, dict) and p.get("type") == "image_url"]
+
+
 def fake_reply(body: dict) -> str:
-    """A plausible answer to whichever ALFA query ``body`` carries (chat or completion)."""
+    """A plausible answer to whichever ALFA query ``body`` carries (chat, completion or vision)."""
+    if is_vision(body):
+        return json.dumps(VERDICT)
     if "prompt" in body:
         head = _started_head(str(body["prompt"]))
         return list_reply(head, body, continuation=True) if head else "1. Some text about an object."
@@ -254,8 +281,10 @@ class FakeLLMServer:
 
     def user_messages(self) -> list[str]:
         with self.lock:
-            return [" ".join(m.get("content", "") for m in r["body"].get("messages", [])
-                             if m.get("role") == "user") for r in self.requests]
+            return [" ".join(m.get("content", "") if isinstance(m.get("content"), str) else
+                             " ".join(p.get("text", "") for p in m["content"] if isinstance(p, dict))
+                             for m in r["body"].get("messages", []) if m.get("role") == "user")
+                    for r in self.requests]
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> "FakeLLMServer":
