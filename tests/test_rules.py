@@ -120,3 +120,34 @@ def test_generate_prompts_cli_rules(tmp_path):
         bad = runner.invoke(app, [*base, "--rules", str(tmp_path / "none.txt")])
         assert bad.exit_code == 2 and "none.txt" in bad.output and server.count == count
     json.dumps(lib)
+
+
+def test_embedding_dedupe_drops_near_duplicates_and_records_them():
+    import numpy as np
+
+    from alfa_ad.prompting.filters import PromptFilter
+
+    def embed(texts):       # a toy embedding: "dent" and "dint" mean the same thing
+        return np.array([[1.0, 0.0] if ("dent" in t or "dint" in t) else [0.0, 1.0] for t in texts])
+
+    f = PromptFilter("bottle", "abnormal", embed=embed, cosine=0.95)
+    decisions = f.judge_all(["A bottle with a dent at the neck.", "A bottle with a scratch on the base.",
+                             "A bottle with a dint at the neck."])
+    assert [d["decision"] for d in decisions] == ["kept", "kept", "kept"]     # text dedupe lets it through
+    removed = f.dedupe_by_embedding(decisions)
+    assert f.kept == ["A bottle with a dent at the neck.", "A bottle with a scratch on the base."]
+    assert [d["decision"] for d in decisions] == ["kept", "kept", "duplicate"] and removed == [decisions[2]]
+    assert "embedding cosine 1.000" in decisions[2]["reason"]
+
+
+def test_generate_prompts_cli_embed_dedupe_with_planted_clip(tmp_path):
+    out = tmp_path / "lib.json"
+    with FakeLLMServer() as server:
+        result = CliRunner().invoke(app, ["generate-prompts", "--classes", "widget", "--base-url", server.base_url,
+                                          "--model", "fake", "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                                          "--target", "6", "--max-rounds", "1", "--embed-dedupe", "planted"],
+                                    catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    entry = load_library(out)["classes"]["widget"]
+    assert "planted" in entry["settings"]["embedding_dedupe"]["model"]
+    assert entry["normal"] and entry["abnormal"]

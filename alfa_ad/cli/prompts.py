@@ -23,6 +23,28 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
     return values
 
 
+class _ClipText:
+    """CLIP text embeddings (open_clip backbone) for near-duplicate removal."""
+
+    def __init__(self, weights: str) -> None:
+        from ..model.backbone import WeightsUnavailableError, load_backbone
+
+        if weights not in ("pretrained", "planted"):
+            fail(f"--embed-dedupe must be pretrained or planted, got {weights!r}")
+        try:
+            self.backbone = load_backbone(weights=weights, device="cpu")
+        except WeightsUnavailableError as exc:
+            fail(f"--embed-dedupe: {exc}")
+        self.label = self.backbone.weights.label
+
+    def __call__(self, texts):
+        return self.backbone.encode_text(list(texts)).float().numpy()
+
+
+def _clip_embedder(weights: str) -> _ClipText:
+    return _ClipText(weights)
+
+
 @app.command("generate-prompts")
 def generate_prompts(
     classes: str = typer.Option(..., "--classes", help="mvtec, visa, or a comma list of class names."),
@@ -46,6 +68,10 @@ def generate_prompts(
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds per request."),
     retries: int = typer.Option(4, "--retries", help="Retries after the first try, with backoff."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
+    embed_dedupe: Optional[str] = typer.Option(None, "--embed-dedupe", help="Also drop prompts whose CLIP text "
+                                               "embedding has cosine >= 0.95 with a kept one, with these weights: "
+                                               "pretrained (the default open_clip model; needs its weights), "
+                                               "or planted (test model)."),
 ) -> None:
     """Ask an LLM (OpenAI protocol) for normal/abnormal descriptions of each class; write a prompt library.
 
@@ -65,6 +91,10 @@ def generate_prompts(
         rule_set = load_rules(rules) if rules is not None else None
     except (ValueError, RulesError) as exc:
         fail(str(exc))
+    embed = None
+    if embed_dedupe is not None:
+        embed = _clip_embedder(embed_dedupe)
+        settings = GenerationSettings(**{**settings.__dict__, "embedding": embed.label})
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("generating", total=len(names))
@@ -77,7 +107,8 @@ def generate_prompts(
 
         try:
             library, errors = generate_library(names, config, out, cache_dir=cache_dir, refresh=refresh,
-                                               on_progress=on_progress, settings=settings, rules=rule_set)
+                                               on_progress=on_progress, settings=settings, rules=rule_set,
+                                               embed=embed)
         except (LLMError, LibraryError, ValueError, OSError) as exc:
             fail(str(exc))
     done = [c for c in names if c in library.get("classes", {})]

@@ -67,6 +67,7 @@ class GenerationSettings:
     style: str = "chat"                       # "chat" | "chatml" (see queries.py)
     jaccard: float = 0.9
     cosine: float = 0.95                      # used only with an embedding function
+    embedding: str | None = None              # name of that embedding model (recorded)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -85,7 +86,8 @@ class GenerationSettings:
         return {"recipe": RECIPE, "target": self.target, "max_rounds": self.max_rounds,
                 "temperatures": list(self.temperatures), "top_p": self.top_p, "seeds": "round number (0, 1, ...)",
                 "n_items": self.n_items, "max_per_side": self.max_per_side, "style": self.style,
-                "jaccard": self.jaccard}
+                "jaccard": self.jaccard, "embedding_dedupe": (
+                    {"model": self.embedding, "cosine": self.cosine} if self.embedding else None)}
 
 
 def _now() -> str:
