@@ -267,3 +267,10 @@ def test_explain_help_documents_the_command():
     assert result.exit_code == 0
     for word in ("--vlm-model", "--base-url", "--normals", "--rules", "JSON", "data URIs"):
         assert word in result.output, word
+
+
+def test_detector_explain_method(server, detector, tmp_path):
+    out = detector.explain(spot_image(seed=9)[0], "widget", config=config(server.base_url), rules=RULES[:1],
+                           cache_dir=tmp_path / "c")
+    assert out["vlm"]["verdict"] == VERDICT and server.count == 1
+    assert RULES[0] in text_parts(server.requests[0]["body"])

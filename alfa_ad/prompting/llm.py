@@ -68,6 +68,7 @@ class GenerationSettings:
     jaccard: float = 0.9
     cosine: float = 0.95                      # used only with an embedding function
     embedding: str | None = None              # name of that embedding model (recorded)
+    descriptor_max_tokens: int = 256          # the descriptor reply is a short list
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -86,6 +87,7 @@ class GenerationSettings:
         return {"recipe": RECIPE, "target": self.target, "max_rounds": self.max_rounds,
                 "temperatures": list(self.temperatures), "top_p": self.top_p, "seeds": "round number (0, 1, ...)",
                 "n_items": self.n_items, "max_per_side": self.max_per_side, "style": self.style,
+                "descriptor_max_tokens": self.descriptor_max_tokens,
                 "jaccard": self.jaccard, "embedding_dedupe": (
                     {"model": self.embedding, "cosine": self.cosine} if self.embedding else None)}
 
@@ -178,7 +180,8 @@ def generate_class_prompts(
     requests: list[dict[str, Any]] = []
 
     # descriptors: the paper's query as written, at the first temperature
-    rec, sentences = ask(descriptor_ask(class_name), s.sampling(0), "descriptor query")
+    rec, sentences = ask(descriptor_ask(class_name), {**s.sampling(0), "max_tokens": s.descriptor_max_tokens},
+                         "descriptor query")
     descriptors = parse_reply("\n".join(sentences), min_words=1, max_items=s.max_per_side)
     rec["sentences"] = [{"text": t, "decision": "kept" if t in descriptors else "dropped"} for t in sentences]
     requests.append(rec)
