@@ -491,3 +491,14 @@ def test_llm_prompt_source(tmp_path):
     assert merged.sources["llm"] == 3 and merged.sources["template"] == 72
     with pytest.raises(LibraryError):
         LLMPromptSource({"format": "nope"})
+
+
+def test_last_item_cut_by_the_token_limit_is_dropped(server, cache):
+    server.default = good("2. A screw with a bent tip.\n3. A screw with a rusty head.\n4. A screw with a cracked")
+    entry = gen(LLMClient(make_config(server.base_url)), "screw", cache=cache,
+                settings=GenerationSettings(target=2, max_rounds=1))
+    assert entry["abnormal"] == ["A screw with a bent tip.", "A screw with a rusty head."]
+    rec = entry["queries"][1]
+    assert rec["cut_off"] is True
+    assert rec["sentences"][-1] == {"text": "A screw with a cracked", "decision": "dropped",
+                                    "reason": "cut off by the token limit"}

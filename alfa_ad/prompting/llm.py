@@ -51,7 +51,7 @@ __all__ = [
 ]
 _ = (_parse_retry_after, _token_count)   # re-exported for callers of the former single module
 
-RECIPE = 2   # bump when the queries or the filter change what a class entry holds
+RECIPE = 3   # bump when the queries or the filter change what a class entry holds
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,9 @@ class _Asker:
         record = {**ask.as_record(), "messages": messages, "sampling": self.client.sampling(sampling),
                   "endpoint": "completions (ChatML prompt)" if chatml else "chat/completions",
                   "raw_reply": hit["content"], "served_model": hit.get("served_model"), "date": hit.get("date")}
-        return record, split_reply(self.text_of(ask, hit["content"]))
+        sentences = split_reply(self.text_of(ask, hit["content"]))
+        record["cut_off"] = bool(ask.head) and bool(sentences) and _cut_off(hit["content"])
+        return record, sentences
 
 
 def generate_class_prompts(
@@ -195,7 +197,7 @@ def generate_class_prompts(
             f = filters[side]
             f.examples.add(_key(a.example))
             rec, sentences = ask(a, s.sampling(r_i), f"{side} rule query")
-            rec["sentences"] = f.judge_all(sentences)
+            rec["sentences"] = _judge(f, sentences, rec)
             produced[side] = [d["prompt"] for d in rec["sentences"] if d["decision"] in ("kept", "rewritten")]
             requests.append(rec)
         by_rule.append(produced)
@@ -209,7 +211,7 @@ def generate_class_prompts(
             a = side_ask(class_name, side, round_, rules, s.n_items)
             f.examples.add(_key(a.example))
             rec, sentences = ask(a, s.sampling(round_), f"{side} query, round {round_ + 1}")
-            rec["sentences"] = f.judge_all(sentences)
+            rec["sentences"] = _judge(f, sentences, rec)
             requests.append(rec)
     for side, f in filters.items():
         f.dedupe_by_embedding([d for r in requests if r["side"] == side for d in r.get("sentences", [])])
@@ -235,6 +237,20 @@ def generate_class_prompts(
         "fingerprint": _fingerprint(s, rules, aliases),
         "date": max(ask.dates) if ask.dates else _now(),
     }
+
+
+def _cut_off(reply: str) -> bool:
+    """Whether a list reply ends mid-sentence (the token limit cut its last item)."""
+    tail = reply.rstrip()
+    return bool(tail) and tail[-1] not in ".!?)\"'”"
+
+
+def _judge(f: PromptFilter, sentences: list[str], rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The filter's decisions; the last sentence of a cut-off reply is dropped unjudged."""
+    if rec.get("cut_off") and sentences:
+        last = {"text": sentences[-1], "decision": "dropped", "reason": "cut off by the token limit"}
+        return [*f.judge_all(sentences[:-1]), last]
+    return f.judge_all(sentences)
 
 
 def _key(text: str) -> str:
