@@ -157,7 +157,8 @@ def few_shot_prepare(pools: dict[str, tuple[list[Path], str]], options: RunOptio
 
 def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, record: dict, options: RunOptions, *,
                       overlays: bool, prepare=None, warnings: list[str] | None = None, resume: bool = False,
-                      workers: int | None = None, overlay_scale: str = "class", report_html: bool = True):
+                      workers: int | None = None, overlay_scale: str = "class", report_html: bool = True,
+                      vlm: dict | None = None):
     """Run the local engine with a progress bar, then print warnings, facts and the table."""
     from ..runner import run_dataset
 
@@ -207,9 +208,30 @@ def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, rec
         say(f"{report.resumed_rows} images were scored before the interruption and kept")
     say(f"{len(report.rows)} images scored, {len(report.errors) - skipped_classes} images skipped, "
         f"{skipped_classes} classes skipped, {report.seconds:.1f} s; outputs in {out} ({record['weights']})")
+    if vlm:
+        vlm_second_opinion(out, **vlm)
     if report_html:
         write_html_report(out)
     return report
+
+
+def vlm_second_opinion(out: Path, n: int, model: str, base_url: Optional[str], fuse: Optional[float],
+                       rules: Optional[Path]) -> None:
+    """``--vlm-explain``: verdicts of a vision-language model on the run's top-``n`` images,
+    written into scores.json; failures are reported per image, the run's files stay."""
+    from ..explain.vlm import vlm_explain_run
+    from ..prompting.client import LLMConfig, LLMError
+    from ..prompting.rules import RulesError, load_rules
+
+    try:
+        summary = vlm_explain_run(out, n, config=LLMConfig(model=model, base_url=base_url, max_tokens=512),
+                                  rules=load_rules(rules) if rules else None, fuse=fuse)
+    except (LLMError, RulesError, ValueError) as exc:
+        console.print(f"[yellow]warning:[/] --vlm-explain: {escape(str(exc))}", soft_wrap=True)
+        return
+    for err in summary["errors"]:
+        console.print(f"[yellow]vlm:[/] {escape(err)}", soft_wrap=True, highlight=False)
+    say(f"VLM verdicts for {summary['answered']} of {summary['asked']} images in {out / 'scores.json'}")
 
 
 def write_html_report(out: Path) -> None:
