@@ -168,6 +168,11 @@ class MicroBatcher:
             results = await loop.run_in_executor(self._executor, self.fn, key, [it.payload for it in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} inputs")
+        except asyncio.CancelledError:  # stop() while the batch runs
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(RuntimeError("server shutting down"))
+            raise
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
             for it in batch:
                 if not it.future.done():
