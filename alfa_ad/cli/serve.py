@@ -24,24 +24,6 @@ def _record(config: Optional[Path], cli: dict[str, Any]) -> dict[str, Any]:
     return {**record, **given}
 
 
-def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        fail(f"{path}: cannot read token file ({exc.strerror or exc})")
-    if not token or len(token.splitlines()) != 1:
-        fail(f"{path}: token file must hold one non-empty line")
-    return token
-
-
-def _check_folders(options) -> None:
-    for which in ("data", "normals", "calibrate"):
-        value = getattr(options, which)
-        for folder in (value.values() if isinstance(value, dict) else [value]):
-            if folder is not None and not Path(folder).is_dir():
-                fail(f"{folder}: --{which} folder not found")
-
-
 @app.command()
 def serve(
     config: Optional[Path] = typer.Option(None, "--config", help="JSON or YAML file of Detector and service options."),
@@ -84,7 +66,7 @@ def serve(
         import uvicorn
 
         from ..serve.app import create_app
-        from ..serve.config import LOOPBACK_HOSTS, ConfigError, split_record
+        from ..serve.config import LOOPBACK_HOSTS, ConfigError, read_token, split_record
         from ..serve.metrics import json_logger
         from ..serve.scoring import ScoringService
     except ImportError as exc:
@@ -98,10 +80,10 @@ def serve(
            "max_pixels": max_pixels, "map_size": map_size, "token_file": token_file, "access_log": access_log, "threads": threads}
     try:
         detector_record, options = split_record(_record(config, cli))
+        options.check_folders()
+        token = read_token(options.token_file) if options.token_file is not None else None
     except ConfigError as exc:
         fail(str(exc))
-    _check_folders(options)
-    token = _read_token(options.token_file) if options.token_file is not None else None
     if options.host not in LOOPBACK_HOSTS and token is None:
         say(f"warning: binding {options.host} without --token-file: anyone who can reach it can use the service")
     try:

@@ -75,6 +75,14 @@ class ServiceOptions(BaseModel):
         """One fitted state (memory bank, thresholds) per class."""
         return self.shots != "0" or self.calibrate is not None
 
+    def check_folders(self) -> None:
+        """ConfigError naming the first ``data``/``normals``/``calibrate`` folder that does not exist."""
+        for which in ("data", "normals", "calibrate"):
+            value = getattr(self, which)
+            for folder in (value.values() if isinstance(value, dict) else [value]):
+                if folder is not None and not Path(folder).is_dir():
+                    raise ConfigError(f"{folder}: --{which} folder not found")
+
     def folder_for(self, which: str, class_name: str) -> Optional[Path]:
         value = getattr(self, which)
         if isinstance(value, dict):
@@ -126,6 +134,18 @@ def split_record(record: dict[str, Any]) -> tuple[dict[str, Any], ServiceOptions
         raise ConfigError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
     detector_kwargs(detector)  # validate now, before any model is loaded
     return detector, options
+
+
+def read_token(path: str | Path) -> str:
+    """The bearer token: the file's one non-empty line (never logged or echoed)."""
+    file = Path(path)
+    try:
+        token = file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read token file ({exc.strerror or exc})") from None
+    if not token or len(token.splitlines()) != 1:
+        raise ConfigError(f"{file}: token file must hold one non-empty line")
+    return token
 
 
 def _parameters(fn) -> set[str]:
