@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -74,13 +73,15 @@ async def drive(url: str, clients: int, duration: float, valid, invalid, p_inval
     deadline = time.perf_counter() + duration
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        every = round(1 / p_invalid) if p_invalid > 0 else 0
+
         async def loop(k: int) -> None:
-            rng = random.Random(k)
-            i = k
-            while time.perf_counter() < deadline:
-                bad = rng.random() < p_invalid
-                name, data = (invalid if bad else valid)[i % len(invalid if bad else valid)]
-                i += 1
+            n = 0
+            while n == 0 or time.perf_counter() < deadline:  # at least one request per client
+                bad = every > 0 and (n + k) % every == every - 1  # every `every`-th request, staggered over clients
+                pool = invalid if bad else valid
+                name, data = pool[(n * clients + k) % len(pool)]
+                n += 1
                 t = time.perf_counter()
                 try:
                     r = await client.post("/v1/detect", files={"image": (Path(name).name or "x", data)},
@@ -177,6 +178,8 @@ def main() -> None:
 
         first = httpx.post(server.url + "/v1/detect", files={"image": ("a", valid[0][1])},
                            data={"class_name": class_name}, timeout=args.timeout + 30).json()
+        warm = asyncio.run(drive(server.url, args.clients, 0.0, valid, invalid, 0.0, class_name, args.timeout + 30))
+        print(f"warm-up: one request per client ({len(warm[0])}) in {warm[1]:.1f} s")
         rss_before = server.rss
         records, elapsed = asyncio.run(drive(server.url, args.clients, args.duration, valid, invalid, args.invalid,
                                              class_name, args.timeout + 30))

@@ -225,7 +225,7 @@ def create_app(source: Union[ScoringService, Loader], options: ServiceOptions, *
         request.state.log["batch"] = batch.size
         return await anyio.to_thread.run_sync(partial(
             to_response, result, class_name, opts, service.thresholds(class_name), service.weights_source,
-            service.version, batch, options.map_size))
+            service.version, batch, options.map_size), limiter=state.decode_limiter)
 
     async def _read_request(request: Request) -> tuple[bytes, dict[str, Any], str]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()

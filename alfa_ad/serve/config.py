@@ -46,7 +46,7 @@ class ServiceOptions(BaseModel):
     max_body_mb: float = Field(20.0, gt=0, description="Largest request body in MB.")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width x height).")
     map_size: int = Field(256, ge=8, le=4096, description="Longest side of the returned anomaly-map PNG.")
-    decode_workers: int = Field(2, ge=1, le=64, description="Images decoded at once.")
+    decode_workers: int = Field(2, ge=1, le=64, description="Threads decoding images and encoding responses.")
     threads: Optional[int] = Field(None, ge=1, le=1024, description="torch intra-op threads (default: torch's choice).")
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535)
