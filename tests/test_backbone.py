@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from alfa_ad.model.backbone import ClipBackbone, WeightsInfo, WeightsUnavailableError, load_backbone
+from alfa_ad.model import ClipBackbone, WeightsInfo, WeightsUnavailableError, load_backbone
 from alfa_ad.model.planted import ANTI_CUE, CUE, NORM
 from alfa_ad.scoring.windows import make_window_indices
 

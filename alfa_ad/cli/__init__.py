@@ -5,7 +5,7 @@ A new command lives in its own module here and is imported below.
 
 from __future__ import annotations
 
-from . import demo, prompts, run  # noqa: F401  (each registers its commands on ``app``)
+from . import demo, doctor, prompts, run, weights  # noqa: F401  (each registers its commands on ``app``)
 from . import serve  # noqa: F401  (alfa-ad serve; FastAPI is imported only when it runs)
 from .common import app, console, fail, say
 

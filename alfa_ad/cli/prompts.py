@@ -58,7 +58,10 @@ def generate_prompts(
         entry = library["classes"][c]
         say(f"{c}: {len(entry['normal'])} normal, {len(entry['abnormal'])} abnormal, "
             f"{len(entry.get('descriptors', []))} descriptors")
-    say(f"{len(done)} of {len(names)} classes in {out}; {len(errors)} failed")
+    if out.is_file():
+        say(f"{len(done)} of {len(names)} classes in {out}; {len(errors)} failed")
+    else:
+        say(f"no library written to {out}: all {len(names)} classes failed")
     if errors:
         raise typer.Exit(1)
 

@@ -12,6 +12,7 @@ MAX_OVERLAY_SIDE = 1024
 _MASK_COVERAGE = 0.25  # fraction of a downscaled pixel that must be defect to count
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
+_YELLOW = (255, 230, 0)
 
 Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
@@ -109,13 +110,15 @@ def render_overlay(
     alpha: float = 0.5,
     banner: str | None = None,
     mask: np.ndarray | None = None,
+    prediction: np.ndarray | None = None,
 ) -> Image.Image:
     """Side-by-side RGB image ``[original | heat-map overlay]``.
 
     ``anomaly_map`` (and ``mask``, if given) must be HxW with the image's size.
     Inputs whose longer side exceeds :data:`MAX_OVERLAY_SIDE` are downscaled
-    first. ``mask`` is drawn as a white contour on the overlay; ``banner`` is
-    drawn as white text on a black strip across the top.
+    first. ``mask`` (ground truth) is drawn as a white contour on the overlay,
+    ``prediction`` (the calibrated mask) as a yellow one; ``banner`` is drawn as
+    white text on a black strip across the top.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -125,6 +128,9 @@ def render_overlay(
     truth = None if mask is None else np.asarray(mask, dtype=bool)
     if truth is not None:
         _check_map_shape("mask", truth, base.size)
+    predicted = None if prediction is None else np.asarray(prediction, dtype=bool)
+    if predicted is not None:
+        _check_map_shape("prediction", predicted, base.size)
 
     size = _fit_size(base.size, MAX_OVERLAY_SIDE)
     if size != base.size:
@@ -132,10 +138,14 @@ def render_overlay(
         scores = _resize_float(scores, size)
         if truth is not None:
             truth = _resize_float(truth.astype(np.float32), size) >= _MASK_COVERAGE
+        if predicted is not None:
+            predicted = _resize_float(predicted.astype(np.float32), size) >= 0.5
 
     heat = colorize(scores, vmin, vmax).astype(np.float32)
     blended = (1.0 - alpha) * np.asarray(base, dtype=np.float32) + alpha * heat
     overlay = np.round(blended).clip(0, 255).astype(np.uint8)
+    if predicted is not None:
+        overlay[_contour(predicted, thickness=max(1, max(size) // 512))] = _YELLOW
     if truth is not None:
         overlay[_contour(truth, thickness=max(1, max(size) // 512))] = _WHITE
 
