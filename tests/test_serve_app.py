@@ -81,7 +81,7 @@ def test_loading_state_then_ready():
 
     def loader():
         release.wait(30)
-        from alfa_ad.model.backbone import load_backbone
+        from alfa_ad.model import load_backbone
 
         backbone_ready["b"] = load_backbone(weights="planted", device="cpu")
         return ScoringService({"object": Detector(backbone_ready["b"])}, {})
@@ -94,9 +94,11 @@ def test_loading_state_then_ready():
         assert d.status_code == 503 and d.json()["detail"] == "model loading"
         release.set()
         for _ in range(300):
-            if c.get("/readyz").status_code == 200:
+            ready = c.get("/readyz")
+            if ready.status_code == 200 or ready.json()["status"] == "failed":
                 break
             threading.Event().wait(0.1)
+        assert ready.status_code == 200, ready.json()
         body = _detect(c, png_bytes(grey_texture(64, 64)), class_name="object").json()  # default class too:
         assert body["class_name"] == "object"
         assert c.post("/v1/detect", files={"image": ("a.png", png_bytes(grey_texture(64, 64)))}).status_code == 200

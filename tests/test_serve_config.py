@@ -47,6 +47,8 @@ def test_class_sets_and_defaults():
     ({"scales": "2,x"}, "scales"),
     ({"method": "winclip", "use_text": False}, "use_text"),  # an ALFA option given to WinCLIP
     ({"prompts": "/nonexistent/p.json"}, "p.json"),
+    ({"tile": "huge"}, "tile"),
+    ({"batch_size": 0}, "batch_size"),
 ])
 def test_bad_records_fail_on_one_line_naming_the_culprit(record, culprit):
     with pytest.raises(ConfigError) as err:
@@ -55,9 +57,23 @@ def test_bad_records_fail_on_one_line_naming_the_culprit(record, culprit):
     assert culprit in message and "\n" not in message
 
 
-def test_method_options_pass_through():
+def test_method_options_pass_through_to_the_detector_config():
+    from alfa_ad.serve.config import detector_config
+
     assert detector_kwargs({"method": "winclip", "anomalib_compat": True}) == {"method": "winclip", "anomalib_compat": True}
-    assert detector_kwargs({"sigma": 2.0})["sigma"] == 2.0
+    cfg = detector_config(detector_kwargs({"sigma": 2.0, "use_text": False, "tile": "none", "scales": "2",
+                                           "weights": "planted", "cache_dir": "/tmp/x"}))
+    assert cfg.options == {"sigma": 2.0, "use_text": False} and cfg.tile == "none" and cfg.scales == (2,)
+    assert cfg.weights == "planted"
+
+
+def test_build_detector_shares_a_backbone(planted_backbone):
+    from alfa_ad.serve.config import build_detector
+
+    a = build_detector({"scales": [2], "use_text": False}, backbone=planted_backbone)
+    b = build_detector({"method": "winclip"}, backbone=planted_backbone)
+    assert a.backbone is b.backbone is planted_backbone
+    assert a.config.scales == (2,) and a.config.options == {"use_text": False} and b.method.name == "winclip"
 
 
 def test_bad_config_files(tmp_path):

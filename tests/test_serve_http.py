@@ -120,13 +120,25 @@ def test_concurrent_requests_score_like_the_detector(server, client, detector):
         assert abs(body["score"] - expected.score) <= 1e-5
         assert abs(body["global_score"] - expected.global_score) <= 1e-5
         assert abs(body["map_max"] - float(expected.anomaly_map.max())) <= 1e-5
-        assert [d["text"] for d in body["descriptors"]] == [t for t, _ in expected.descriptors]
+        assert [d["text"] for d in body["descriptors"]] == [d.text for d in expected.descriptors]
+        assert body["tiles"] == expected.tiles
         assert (body["width"], body["height"]) == (im.shape[1], im.shape[0])
         small = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["anomaly_map_png"])))) / 255.0
         assert max(small.shape) == 64
         ref = np.asarray(Image.fromarray(expected.anomaly_map).resize(small.shape[::-1], Image.BILINEAR))
         assert np.abs(small - np.clip(ref, 0, 1)).max() <= 1 / 255 + 1e-6
         assert "planted" in body["weights"] and body["version"]
+
+
+def test_real_images_of_shared_data_score_like_the_detector(client, detector, shared_data):
+    files = [sorted((shared_data / root / cls / "test").glob("*/*"))[0]
+             for root, cls in (("mvtec_ad_mini", "grid"), ("mvtec3d_rgb", "tire"), ("mpdd", "metal_plate"))]
+    for path in files:  # 1024 px grayscale, 800x600 RGB, 512 px RGB: uploaded as the files are
+        body = client.post("/v1/detect", files={"image": (path.name, path.read_bytes())},
+                           data={"class_name": "bottle"}).json()
+        expected = detector(path, "bottle")
+        assert abs(body["score"] - expected.score) <= 1e-5, path
+        assert (body["height"], body["width"]) == expected.anomaly_map.shape
 
 
 def test_token_is_required_and_never_logged(server, client):

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from .common import app, fail, say
+from .run_support import check_device
 
 _SERVE_HELP = 'needs the serve extra: pip install "alfa-ad[serve]"'
 
@@ -48,6 +49,8 @@ def serve(
     weights: Optional[str] = typer.Option(None, "--weights", help="pretrained, random (smoke test) or planted (test model)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default 2,3)."),
+    tile: Optional[str] = typer.Option(None, "--tile", help="auto, none or a tile side in pixels (as for run; each tile "
+                                       "is one more forward pass, so bound large uploads with --max-pixels)."),
     anomalib_compat: Optional[bool] = typer.Option(None, "--anomalib-compat", help="WinCLIP exactly as anomalib 2.x."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice; 1 on a busy machine)."),
@@ -74,13 +77,15 @@ def serve(
     cli = {"host": host, "port": port, "classes": classes, "class_name": class_name, "method": method,
            "shots": shots, "seed": seed, "data": data, "normals": normals, "coreset": coreset,
            "calibrate": calibrate, "fpr": fpr, "prompts": prompts, "llm_prompts": llm, "use_text": text,
-           "model": model, "pretrained": pretrained, "checkpoint": checkpoint, "weights": weights, "device": device,
-           "scales": scales, "anomalib_compat": anomalib_compat, "cache_dir": cache_dir, "max_batch": max_batch,
-           "max_wait_ms": max_wait_ms, "queue_size": queue_size, "timeout_s": timeout, "max_body_mb": max_body_mb,
-           "max_pixels": max_pixels, "map_size": map_size, "token_file": token_file, "access_log": access_log, "threads": threads}
+           "model": model, "pretrained": pretrained, "checkpoint": checkpoint, "weights": weights,
+           "device": device, "scales": scales, "tile": tile, "anomalib_compat": anomalib_compat,
+           "cache_dir": cache_dir, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "queue_size": queue_size,
+           "timeout_s": timeout, "max_body_mb": max_body_mb, "max_pixels": max_pixels, "map_size": map_size,
+           "token_file": token_file, "access_log": access_log, "threads": threads}
     try:
         detector_record, options = split_record(_record(config, cli))
         options.check_folders()
+        check_device(detector_record.get("device"))
         token = read_token(options.token_file) if options.token_file is not None else None
     except ConfigError as exc:
         fail(str(exc))

@@ -175,8 +175,8 @@ def create_app(source: Union[ScoringService, Loader], options: ServiceOptions, *
     @app.get("/v1/classes", response_model=ClassesResponse, dependencies=[Depends(authorized)])
     async def classes(request: Request) -> dict[str, Any]:
         service = ready(request)
-        return {"classes": service.describe(), "method": service.method, "weights": service.weights,
-                "weights_source": service.weights_source, "version": service.version}
+        return {"classes": service.describe(), "config": service.config, "method": service.method,
+                "weights": service.weights, "weights_source": service.weights_source, "version": service.version}
 
     @app.post("/v1/detect", response_model=DetectResponse, dependencies=[Depends(authorized)],
               openapi_extra=_openapi_body(), summary="Score one image",

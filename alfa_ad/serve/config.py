@@ -17,8 +17,12 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..config import DetectorConfig
 from ..detector import Detector
-from ..methods import METHODS
+from ..registry import METHODS
+from ..scoring.tiling import parse_tile
+
+CONFIG_FIELDS = tuple(DetectorConfig.__dataclass_fields__)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -154,12 +158,14 @@ def _parameters(fn) -> set[str]:
 
 
 def detector_kwargs(record: dict[str, Any]) -> dict[str, Any]:
-    """Validate Detector options and return them as Detector keyword arguments."""
+    """Validate Detector options (:class:`~alfa_ad.config.DetectorConfig` fields, the method's
+    own options, ``cache_dir``) and return them as flat Detector keyword arguments."""
     kwargs = {k.replace("-", "_"): v for k, v in record.items() if v is not None}
     method = kwargs.get("method", "alfa")
     if method not in METHODS:
-        raise ConfigError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
-    known = (_parameters(Detector.__init__) | _parameters(METHODS[method].__init__)) - {"backbone", "sources"}
+        raise ConfigError(f"method: must be one of {', '.join(METHODS.names())}, got {method!r}")
+    known = set(CONFIG_FIELDS) | _parameters(METHODS.get(method).__init__) | {"cache_dir"}
+    known -= {"backbone", "options"}  # method options are given flat, not as an "options" mapping
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r} for method {method}; Detector and {method} options: "
@@ -176,11 +182,28 @@ def detector_kwargs(record: dict[str, Any]) -> dict[str, Any]:
     if "batch_size" in kwargs and (not isinstance(kwargs["batch_size"], int) or kwargs["batch_size"] < 1):
         raise ConfigError(f"batch_size: must be an integer >= 1, got {kwargs['batch_size']!r}")
     for key in ("prompts", "checkpoint"):
-        if key in kwargs and not Path(kwargs[key]).is_file():
-            raise ConfigError(f"{kwargs[key]}: {key} file not found")
+        if key in kwargs:
+            if not Path(kwargs[key]).is_file():
+                raise ConfigError(f"{kwargs[key]}: {key} file not found")
+            kwargs[key] = str(kwargs[key])
+    try:
+        detector_config(kwargs)
+        parse_tile(kwargs.get("tile", "auto"))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(" ".join(str(exc).split())) from None
     return kwargs
 
 
+def detector_config(kwargs: dict[str, Any]) -> DetectorConfig:
+    """The :class:`DetectorConfig` of validated Detector keyword arguments (method options in ``options``)."""
+    fields = {k: v for k, v in kwargs.items() if k in CONFIG_FIELDS}
+    options = {k: v for k, v in kwargs.items() if k not in CONFIG_FIELDS and k != "cache_dir"}
+    return DetectorConfig(**fields, options=options)
+
+
 def build_detector(record: dict[str, Any], backbone=None) -> Detector:
-    """The Detector for a record's Detector options; ``backbone`` shares an already loaded model."""
-    return Detector(backbone, **detector_kwargs(record))
+    """The Detector for a record's Detector options (``Detector.from_config``); ``backbone``
+    shares an already loaded model."""
+    kwargs = detector_kwargs(record)
+    extra = {"cache_dir": kwargs["cache_dir"]} if "cache_dir" in kwargs else {}
+    return Detector.from_config(detector_config(kwargs), backbone=backbone, **extra)

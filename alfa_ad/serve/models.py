@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..detector import DetectionResult, Thresholds
+from ..results import DetectionResult, Thresholds
 
 
 class DetectOptions(BaseModel):
@@ -32,6 +32,8 @@ class DetectJSON(DetectOptions):
 
 class Descriptor(BaseModel):
     text: str
+    side: str = Field(..., description="normal or abnormal")
+    source: str = Field(..., description="the prompt source, or llm-descriptor")
     similarity: float
 
 
@@ -43,9 +45,10 @@ class DetectResponse(BaseModel):
     decision: Optional[Literal["anomalous", "normal"]] = Field(None, description="score > threshold, when calibrated.")
     threshold: Optional[float] = Field(None, description="Image threshold, when calibrated.")
     pixel_threshold: Optional[float] = None
-    mask_area: Optional[float] = Field(None, description="Fraction of pixels above the pixel threshold, when calibrated.")
+    mask_area: Optional[float] = Field(None, description="Fraction of the image in the defect mask, when calibrated.")
     width: int
     height: int
+    tiles: int = Field(1, description="Tiles the image was scored in (1: whole image).")
     anomaly_map_png: Optional[str] = Field(None, description="base64 PNG, 8-bit grey (255 = score 1), longest side <= map_size.")
     kept_prompts: Optional[dict[str, list[str]]] = None
     n_prompts: dict[str, int]
@@ -66,6 +69,7 @@ class ClassInfo(BaseModel):
 
 class ClassesResponse(BaseModel):
     classes: list[ClassInfo]
+    config: dict[str, Any] = Field(default_factory=dict, description="Detector configuration, classes, shots, fpr.")
     method: str
     weights: str
     weights_source: dict[str, Any]
@@ -97,14 +101,15 @@ def to_response(result: DetectionResult, class_name: str, options: DetectOptions
         decision=None if result.decision is None else ("anomalous" if result.decision else "normal"),
         threshold=None if thresholds is None else thresholds.image,
         pixel_threshold=None if thresholds is None else thresholds.pixel,
-        mask_area=None if result.mask is None else float(result.mask.mean()),
+        mask_area=result.mask_area,
         width=w,
         height=h,
+        tiles=result.tiles,
         anomaly_map_png=map_png(result.anomaly_map, map_size) if options.return_map else None,
         kept_prompts=result.kept_prompts if options.return_prompts else None,
         n_prompts=result.n_prompts,
-        descriptors=[Descriptor(text=t, similarity=s) for t, s in result.descriptors[: options.explain]]
-        if options.explain else None,
+        descriptors=[Descriptor(text=d.text, side=d.side, source=d.source, similarity=d.similarity)
+                     for d in result.descriptors[: options.explain]] if options.explain else None,
         method=result.method,
         weights=result.weights,
         weights_source=weights_source,

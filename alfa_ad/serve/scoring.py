@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..detector import DetectionResult, Detector
+from ..detector import Detector
+from ..results import DetectionResult
 from .config import ServiceOptions, build_detector
 
 
@@ -47,15 +48,12 @@ class ScoringService:
 
         Raises ValueError / ImageLoadError / WeightsUnavailableError with one-line messages.
         """
-        from ..cli.run import _few_shot_prepare  # the same reference sampling and calibration as `alfa-ad run`
-
         say = log or (lambda _m: None)
         start = time.perf_counter()
         if options.threads:
             torch.set_num_threads(options.threads)
         record = dict(detector_record)
         record.setdefault("batch_size", options.max_batch)
-        seed = int(record.get("seed", 0))
         first = build_detector(record)
         say(f"model loaded: {first.weights_label} on {first.backbone.device} ({time.perf_counter() - start:.1f} s)")
         detectors: dict[str, Detector] = {}
@@ -64,13 +62,7 @@ class ScoringService:
             det = first if (i == 0 or not options.per_class) else build_detector(record, backbone=first.backbone)
             info: dict[str, Any] = {"shots": options.shots}
             if options.per_class:
-                normals = options.folder_for("normals", name)
-                calibrate = options.folder_for("calibrate", name)
-                if options.shots != "0" and normals is None and options.data is None:
-                    raise ValueError(f"class {name!r}: --shots {options.shots} needs --normals or --data")
-                prepare = _few_shot_prepare(Path(options.data or "."), normals, options.shots, seed,
-                                            options.coreset, calibrate, options.fpr)
-                info.update(prepare(det, name))
+                info.update(_prepare_class(det, name, options, int(record.get("seed", 0))))
             det.predict([np.full((64, 64, 3), 128, np.uint8)], name, explain=1)  # text embeddings, descriptors, warm-up
             prompts = det.prompts(name)
             info.update({"n_prompts": {"normal": len(prompts.normal), "abnormal": len(prompts.abnormal)},
@@ -78,13 +70,12 @@ class ScoringService:
                          "prompt_sources": [s.name for s in det.sources],
                          "references": len(det.normals),
                          "memory_bank_size": det.method.bank_size if det.normals else 0})
-            info.pop("reference_warnings", None)
             detectors[name] = det
             facts[name] = info
             say(f"class {name}: ready ({len(det.normals)} references, "
                 f"{'thresholds set' if det.thresholds else 'no thresholds'})")
-        config = {**{k: v for k, v in record.items() if k != "cache_dir"}, "classes": options.classes,
-                  "shots": options.shots, "fpr": options.fpr}
+        config = {"detector": first.config.as_dict(), "classes": options.classes, "shots": options.shots,
+                  "fpr": options.fpr if options.per_class else None}
         return cls(detectors, facts, _jsonable(config))
 
     # ------------------------------------------------------------------ queries
@@ -112,6 +103,41 @@ class ScoringService:
         except KeyError:
             raise ValueError(f"unknown class {class_name!r}; served: {', '.join(self.detectors)}") from None
         return detector.predict(list(images), class_name, explain=explain)
+
+
+def _prepare_class(detector: Detector, name: str, options: ServiceOptions, seed: int) -> dict[str, Any]:
+    """Fit the class's references and set its thresholds, as ``alfa-ad run`` does (its
+    reference sampling and ``few_shot_prepare``): ``--calibrate`` folder, else leave-one-out
+    over 2 or more references."""
+    from ..cli.run_support import few_shot_prepare
+    from ..io.datasets import train_images
+    from ..io.images import iter_image_files
+    from ..outputs.record import RunOptions
+
+    pools = {}
+    normals = options.folder_for("normals", name)
+    if options.shots != "0":
+        if normals is not None:
+            folder = normals / name if (normals / name).is_dir() else normals
+            pools[name] = (iter_image_files(folder), str(folder))
+        elif options.data is not None:
+            pools[name] = (train_images(options.data, name), f"the train split of {name} in {options.data}")
+        else:
+            raise ValueError(f"class {name!r}: --shots {options.shots} needs --normals or --data")
+        pool, where = pools[name]
+        need = len(pool) if options.shots == "all" else int(options.shots)
+        if not pool or len(pool) < need:
+            raise ValueError(f"class {name!r}: {len(pool)} normal images in {where}, --shots {options.shots} asked")
+    calibrate = options.folder_for("calibrate", name)
+    run = RunOptions(data=str(options.data or ""), shots=options.shots, seed=seed, coreset=options.coreset,
+                     fpr=options.fpr, normals=str(normals) if normals else None)
+    if calibrate is not None:
+        run.calibrate = str(calibrate)
+    elif options.shots == "all" or int(options.shots) >= 2:
+        run.calibrate = "leave-one-out"
+    facts = few_shot_prepare(pools, run, calibrate)(detector, name, name)
+    facts.pop("reference_warnings", None)
+    return facts
 
 
 def _jsonable(value: Any) -> Any:
