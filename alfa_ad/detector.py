@@ -128,6 +128,8 @@ class Detector:
         self._prompts: dict[str, PromptSet] = {}
         self._text: dict[str, Any] = {}
         self._descriptors: dict[str, tuple[list[tuple[str, str, str]], torch.Tensor]] = {}
+        self.backend: Any = None  # what runs the per-image model; None: the method (issue 14, use_backend)
+        self.cache_dir = Path(directory) if directory else None  # exports cached on first use go here
 
     @classmethod
     def from_config(cls, record: DetectorConfig | Mapping[str, Any], **kwargs: Any) -> "Detector":
@@ -319,7 +321,8 @@ class Detector:
         text = self._text_state(class_name)
         ps = self.prompts(class_name)
         groups, units = self._units(pil)
-        outs = [self.method(pixels, text) for pixels in self._unit_batches(pil, units)]
+        forward = self.backend or self.method
+        outs = [forward(pixels, text) for pixels in self._unit_batches(pil, units)]
         cat = {name: torch.cat([getattr(o, name) for o in outs]) if outs and getattr(outs[0], name) is not None
                else None for name in ("scores", "global_scores", "maps", "kept_normal", "kept_abnormal", "embeddings")}
         results: list[DetectionResult] = []
@@ -363,6 +366,18 @@ class Detector:
 
     def __call__(self, image: Any, class_name: str = "object", explain: int = 0) -> DetectionResult:
         return self.predict([image], class_name, explain)[0]
+
+    # ------------------------------------------------------------ backend (issue 14)
+    def use_backend(self, name: str = "torch", exported: str | Path | None = None, precision: str = "fp32") -> None:
+        """Score with backend ``name`` (:data:`alfa_ad.registry.BACKENDS`): ``torch`` (the
+        method), ``onnxruntime`` or ``openvino`` (``exported`` folder, else the export in the
+        cache, written on first use).  ``ValueError`` (one line) on any problem."""
+        from .backends import create_backend
+
+        backend = create_backend(name, self, Path(exported) if exported else None, precision,
+                                 self.cache_dir or default_cache_dir())
+        self.backend = None if name == "torch" else backend
+    # ------------------------------------------------------------ end backend
 
     # ------------------------------------------------------------ VLM second opinion (issue 15)
     def explain(self, image: Any, class_name: str = "object", **options: Any) -> dict[str, Any]:

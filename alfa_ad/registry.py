@@ -75,3 +75,10 @@ ALIGNERS.add("dense", "alfa_ad.aligners.dense:DenseAligner",
 ALIGNERS.add("none", "alfa_ad.aligners.global_only:GlobalAligner",
              "class token only: the global score broadcast (ablation baseline)")
 DEFAULT_ALIGNER = "masked"  # docs/method.md section 4 argues the choice
+
+BACKENDS = Registry("backend")
+BACKENDS.add("torch", "alfa_ad.backends.eager:TorchBackend", "the method's torch module (default; any device, few-shot)")
+BACKENDS.add("onnxruntime", "alfa_ad.backends.ort:OnnxRuntimeBackend",
+             "the exported ONNX graph in ONNX Runtime (alfa-ad[onnx]; zero-shot ALFA)")
+BACKENDS.add("openvino", "alfa_ad.backends.ov:OpenVinoBackend",
+             "the exported OpenVINO IR on its CPU plugin (alfa-ad[openvino]; zero-shot ALFA)")

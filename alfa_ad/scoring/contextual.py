@@ -56,8 +56,10 @@ def keep_masks(
     that side's whole vanilla set for that image, as documented in docs/method.md.
     """
     keep_n, keep_a = scores_normal > 0, scores_abnormal > 0
-    keep_n = torch.where(keep_n.any(-1, keepdim=True), keep_n, torch.ones_like(keep_n))
-    keep_a = torch.where(keep_a.any(-1, keepdim=True), keep_a, torch.ones_like(keep_a))
+    # ``mask | ~any``: the mask where a prompt is kept, all ones where none is (a boolean
+    # ``where`` would do the same, but ONNX Runtime has no boolean Where kernel)
+    keep_n = keep_n | ~keep_n.any(-1, keepdim=True)
+    keep_a = keep_a | ~keep_a.any(-1, keepdim=True)
     return keep_n, keep_a
 
 

@@ -1,0 +1,96 @@
+"""The manifest of an exported model: what it computes, how it was written, and the
+check that a detector's options are the ones an exported file computes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MANIFEST = "manifest.json"
+INPUTS = ("pixels", "normal", "abnormal")
+OUTPUTS = ("scores", "global_scores", "maps", "keep_normal", "keep_abnormal", "embeddings")
+
+
+def visual_fingerprint(backbone) -> str:
+    """Identity of the image tower's weights: the weights file's SHA-256 when the weights
+    came from a file (already known, nothing is hashed again), else a blake2b digest of
+    every ``visual.*`` tensor's name, shape and bytes."""
+    if backbone.weights.sha256:
+        return f"file-sha256:{backbone.weights.sha256}"
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(backbone.clip.state_dict().items()):
+        if name.startswith("visual."):
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.detach().cpu().float().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "blake2b:" + h.hexdigest()
+
+
+def identity(detector) -> dict[str, Any]:
+    """What an exported graph computes, from a detector: equal dicts, same graph."""
+    head = detector.method.head
+    bb = detector.backbone
+    return {
+        "model": bb.weights.model_name,
+        "weights": {"source": bb.weights.source, "detail": bb.weights.detail,
+                    "visual": visual_fingerprint(bb), "text": bb.fingerprint},
+        "method": detector.config.method,
+        "aligner": detector.config.aligner,
+        "scales": list(head.scales),
+        "options": {"temperature": head.temperature, "k": head.k, "sigma": head.blur.sigma,
+                    "contextual": head.contextual, "use_text": head.use_text,
+                    "text_projection": head.aligner.text_projection},
+        "input_size": list(bb.image_size),
+        "mean": list(bb.mean),
+        "std": list(bb.std),
+        "embed_dim": bb.embed_dim,
+    }
+
+
+@dataclass
+class Manifest:
+    format: str  # "onnx" | "openvino"
+    precision: str  # "fp32" | "int8"
+    file: str  # the model file, relative to the folder
+    identity: dict[str, Any]
+    opset: int
+    versions: dict[str, str]
+    quantization: dict[str, Any] | None = None
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> prompts, counts (texts.npz)
+    inputs: tuple[str, ...] = INPUTS
+    outputs: tuple[str, ...] = OUTPUTS
+    weights_label: str = ""
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / MANIFEST
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    def check(self, detector) -> None:
+        """``ValueError`` naming the first option in which ``detector`` differs from the export."""
+        mine = identity(detector)
+        for key, value in mine.items():
+            theirs = self.identity.get(key)
+            if json.loads(json.dumps(value)) != theirs:
+                raise ValueError(f"the exported model was made with {key}={json.dumps(theirs)}, this run uses "
+                                 f"{key}={json.dumps(value)}; export again (alfa-ad export) or drop --exported")
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """The manifest in ``folder``; ``ValueError`` (one line) when missing or unreadable."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{folder}: no {MANIFEST} (not an alfa-ad export folder)")
+    try:
+        data = json.loads(path.read_text())
+        data["inputs"], data["outputs"] = tuple(data["inputs"]), tuple(data["outputs"])
+        manifest = Manifest(**data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path}: not a valid export manifest ({exc})") from None
+    if not (Path(folder) / manifest.file).is_file():
+        raise ValueError(f"{folder}: the model file {manifest.file} named by {MANIFEST} is missing")
+    return manifest

@@ -1,0 +1,169 @@
+"""Writing the exported graph: ONNX (``torch.onnx.export``, TorchScript exporter, opset
+18), optionally quantized to int8 by ONNX Runtime, and OpenVINO IR converted from it."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .manifest import INPUTS, MANIFEST, OUTPUTS, Manifest, identity, load_manifest
+
+EXPORT_FORMATS = ("onnx", "openvino")
+PRECISIONS = ("fp32", "int8")
+OPSET = 18
+
+
+class ExportGraph(nn.Module):
+    """:class:`AlfaHead` with tensor outputs in a fixed order (:data:`OUTPUTS`)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, pixels: torch.Tensor, normal: torch.Tensor, abnormal: torch.Tensor):
+        o = self.head(pixels, normal, abnormal)
+        return o.scores, o.global_scores, o.maps, o.keep_normal, o.keep_abnormal, o.embeddings
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    out = {"alfa-ad": __version__, "torch": torch.__version__}
+    for pkg in ("onnx", "onnxruntime", "openvino", "open_clip_torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _require(module: str, extra: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"{module} is not installed; pip install 'alfa-ad[{extra}]'") from None
+
+
+def check_exportable(detector) -> None:
+    if detector.config.method != "alfa":
+        raise ValueError(f"only --method alfa can be exported (its scoring head is one torch module); "
+                         f"got {detector.config.method}")
+    if getattr(detector.method, "bank", None) is not None:
+        raise ValueError("the few-shot memory bank is not part of the exported model; export and run zero-shot, "
+                         "or use --backend torch for few-shot")
+
+
+def write_onnx(detector, path: Path, opset: int = OPSET) -> None:
+    """The fp32 graph, batch and prompt counts dynamic."""
+    _require("onnx", "export")
+    head = detector.method.head
+    if detector.backbone.device.type != "cpu" or detector.backbone.dtype != torch.float32:
+        head = copy.deepcopy(head).float().cpu()
+    graph = ExportGraph(head).eval()
+    h, w = detector.backbone.image_size
+    d = detector.backbone.embed_dim
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randn(2, 3, h, w, generator=gen)
+    # different prompt counts, so that no two dynamic axes look alike to the tracer
+    normal = torch.nn.functional.normalize(torch.randn(5, d, generator=gen), dim=-1)
+    abnormal = torch.nn.functional.normalize(torch.randn(7, d, generator=gen), dim=-1)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python scalars (sizes fixed by the model)
+        torch.onnx.export(graph, (pixels, normal, abnormal), str(path), dynamo=False, opset_version=opset,
+                          input_names=list(INPUTS), output_names=list(OUTPUTS),
+                          dynamic_axes={"pixels": {0: "batch"}, "normal": {0: "n_normal"},
+                                        "abnormal": {0: "n_abnormal"}, **{o: {0: "batch"} for o in OUTPUTS}})
+
+
+def quantize_int8(src: Path, dst: Path) -> dict:
+    """ONNX Runtime dynamic quantization: int8 weights (per channel) of every MatMul/Gemm with
+    a constant weight, activations quantized at run time (no calibration data needed)."""
+    quantization = _require("onnxruntime.quantization", "onnx")
+    quantization.quantize_dynamic(str(src), str(dst), weight_type=quantization.QuantType.QInt8, per_channel=True,
+                                  op_types_to_quantize=["MatMul", "Gemm"])
+    return {"method": "onnxruntime dynamic", "weights": "int8 per channel", "ops": ["MatMul", "Gemm"],
+            "activations": "uint8, dynamic per tensor"}
+
+
+def write_openvino(onnx_path: Path, xml: Path) -> None:
+    ov = _require("openvino", "openvino")
+    model = ov.convert_model(str(onnx_path))
+    ov.save_model(model, str(xml), compress_to_fp16=False)  # keep fp32 weights
+
+
+def save_texts(detector, classes: Sequence[str], folder: Path) -> dict[str, dict]:
+    """The classes' unit prompt embeddings (``texts.npz``) and their prompts for the manifest."""
+    arrays, facts = {}, {}
+    for i, name in enumerate(classes):
+        normal, abnormal = detector._text_state(name)
+        arrays[f"{i}_normal"] = normal.float().cpu().numpy()
+        arrays[f"{i}_abnormal"] = abnormal.float().cpu().numpy()
+        ps = detector.prompts(name)
+        facts[name] = {"index": i, "normal": list(ps.normal), "abnormal": list(ps.abnormal),
+                       "sources": ps.sources}
+    if arrays:
+        np.savez(folder / "texts.npz", **arrays)
+    return facts
+
+
+def export_detector(detector, out: Path, fmt: str = "onnx", precision: str = "fp32",
+                    classes: Sequence[str] = (), opset: int = OPSET) -> Manifest:
+    """Write ``detector``'s per-image model to ``out`` (a folder) with ``manifest.json``."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    check_exportable(detector)
+    if fmt == "openvino":
+        _require("openvino", "openvino")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a half-written folder never looks complete
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        write_onnx(detector, onnx_path, opset)
+        quant = None
+        if precision == "int8":
+            quant = quantize_int8(onnx_path, Path(tmp) / "model.int8.onnx")
+            onnx_path = Path(tmp) / "model.int8.onnx"
+        if fmt == "onnx":
+            file = "model.int8.onnx" if precision == "int8" else "model.onnx"
+            shutil.move(onnx_path, out / file)
+        else:
+            file = "model.int8.xml" if precision == "int8" else "model.xml"
+            write_openvino(onnx_path, out / file)
+    manifest = Manifest(format=fmt, precision=precision, file=file, identity=identity(detector), opset=opset,
+                        versions=versions(), quantization=quant, classes=save_texts(detector, classes, out),
+                        weights_label=detector.weights_label)
+    manifest.write(out)
+    return manifest
+
+
+def cache_key(detector, fmt: str, precision: str, opset: int = OPSET) -> str:
+    text = json.dumps([identity(detector), fmt, precision, opset, versions()], sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def cached_export(detector, cache_dir: Path, fmt: str, precision: str = "fp32") -> Path:
+    """The export folder for ``detector`` under ``cache_dir/exports``, written on first use."""
+    folder = Path(cache_dir) / "exports" / f"{fmt}-{precision}-{cache_key(detector, fmt, precision)}"
+    try:
+        load_manifest(folder)
+        return folder
+    except ValueError:
+        export_detector(detector, folder, fmt, precision)
+        return folder
