@@ -15,7 +15,7 @@ from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..outputs.record import RunOptions, build_record
 from ..outputs.tables import aggregate_seeds, write_seed_summary
 from ..outputs.writers import clear_previous, previous_outputs
-from ..registry import ALIGNERS, DEFAULT_ALIGNER
+from ..registry import ALIGNERS, BACKENDS, DEFAULT_ALIGNER
 from .common import _parse_ints, _print_table, app, fail, say
 from .run_support import (build_detector, check_device, check_out, few_shot_prepare, name_map, reference_pools,
                           run_with_progress, write_html_report)
@@ -78,6 +78,10 @@ def run(
     vlm_fuse: Optional[float] = typer.Option(None, "--vlm-fuse", help="Weight w in [0, 1]: scores.json's score of an "
                                              "explained image becomes (1-w) score + w p_VLM (docs/method.md 1c)."),
     rules: Optional[Path] = typer.Option(None, "--rules", help="Normality rules (text or YAML) for --vlm-explain."),
+    backend: str = typer.Option("torch", "--backend", help="What runs the model: " + BACKENDS.help() + "."),
+    exported: Optional[Path] = typer.Option(None, "--exported", help="Export folder (alfa-ad export) for --backend "
+                                            "onnxruntime/openvino (default: exported into the cache on first use)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or int8, for the export made on first use."),
 ) -> None:
     """Score every test image under --data; write scores, overlays, masks and metrics to --out."""
     from ..prompting.llm import resolve_classes
@@ -134,6 +138,16 @@ def run(
                               batch_size, prompts, llm, anomalib_compat, text, tile, aligner)
     for cls, lib in libs.items():
         detector.set_prompt_class(names.get(cls, cls), lib)
+    if backend not in BACKENDS:
+        fail(f"--backend must be one of {', '.join(BACKENDS.names())}, got {backend!r}")
+    if exported is not None and not exported.is_dir():
+        fail(f"{exported}: --exported folder not found")
+    if backend != "torch" and shots != "0":
+        fail(f"--backend {backend} runs the exported zero-shot model; few-shot (--shots/--normals) needs --backend torch")
+    try:
+        detector.use_backend(backend, exported, precision)
+    except ValueError as exc:
+        fail(str(exc))
     say(f"alfa-ad {__version__}: {method} ({aligner} aligner), {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
     if workers is not None and workers < 1:
         fail("--workers must be at least 1")
@@ -165,6 +179,7 @@ def run(
             options.calibrate, options.fpr = "leave-one-out", fpr
         prompt_counts = {c: detector.prompts(names.get(c, c)).sources for c in dataset}
         record = build_record(detector, options, list(dataset), prompt_counts)
+        record["backend"] = detector.backend.describe() if detector.backend else {"backend": "torch"}
         prepare = few_shot_prepare(pools, options, calibrate) if (shots != "0" or calibrate is not None) else None
         target = out if len(seed_list) == 1 else out / f"seed_{s}"
         if len(seed_list) > 1:

@@ -1,0 +1,54 @@
+"""``alfa-ad export``: write the per-image model as ONNX or OpenVINO IR with a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..registry import ALIGNERS, DEFAULT_ALIGNER
+from .common import app, fail, say
+from .run_support import build_detector
+
+
+@app.command()
+def export(
+    out: Path = typer.Option(..., "--out", help="Folder to write the model file, manifest.json and texts.npz to."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (ONNX Runtime) or openvino (OpenVINO IR)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or int8 (dynamic quantization of every "
+                                  "MatMul/Gemm weight; agreement in docs/scaling.md)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Comma list of class names whose prompt "
+                                          "embeddings are stored beside the model (texts.npz)."),
+    aligner: str = typer.Option(DEFAULT_ALIGNER, "--aligner", help=ALIGNERS.help() + "."),
+    model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model name (default {DEFAULT_MODEL})."),
+    pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
+    weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test) or planted."),
+    seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
+    scales: str = typer.Option("2,3", "--scales", help="Window sizes in patches."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
+    llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts for --classes."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
+) -> None:
+    """Export ALFA's per-image model (image encoder + scoring head; prompt embeddings are inputs)."""
+    from ..export import EXPORT_FORMATS, PRECISIONS, export_detector
+
+    if fmt not in EXPORT_FORMATS:
+        fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    if precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: --out must be a folder, and a file has that name")
+    names = [" ".join(c.split()) for c in classes.split(",") if c.strip()] if classes else []
+    detector = build_detector("alfa", model, pretrained, checkpoint, weights, seed, "cpu", scales, cache_dir, 1,
+                              prompts, llm, aligner=aligner)
+    say(f"exporting ALFA ({aligner} aligner, {detector.weights_label}) as {fmt} {precision} to {out}")
+    try:
+        manifest = export_detector(detector, out, fmt, precision, names)
+    except ValueError as exc:
+        fail(str(exc))
+    size = (out / manifest.file).stat().st_size
+    say(f"wrote {out / manifest.file} ({size / 2**20:.1f} MB), {out / 'manifest.json'}"
+        + (f", prompt embeddings of {', '.join(names)} in {out / 'texts.npz'}" if names else ""))
