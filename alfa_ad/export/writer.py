@@ -86,7 +86,9 @@ def write_onnx(detector, path: Path, opset: int = OPSET) -> None:
         torch.onnx.export(graph, (pixels, normal, abnormal), str(path), dynamo=False, opset_version=opset,
                           input_names=list(INPUTS), output_names=list(OUTPUTS),
                           dynamic_axes={"pixels": {0: "batch"}, "normal": {0: "n_normal"},
-                                        "abnormal": {0: "n_abnormal"}, **{o: {0: "batch"} for o in OUTPUTS}})
+                                        "abnormal": {0: "n_abnormal"}, **{o: {0: "batch"} for o in OUTPUTS},
+                                        "keep_normal": {0: "batch", 1: "n_normal"},
+                                        "keep_abnormal": {0: "batch", 1: "n_abnormal"}})
 
 
 def quantize_int8(src: Path, dst: Path) -> dict:
@@ -121,8 +123,11 @@ def save_texts(detector, classes: Sequence[str], folder: Path) -> dict[str, dict
 
 
 def export_detector(detector, out: Path, fmt: str = "onnx", precision: str = "fp32",
-                    classes: Sequence[str] = (), opset: int = OPSET) -> Manifest:
-    """Write ``detector``'s per-image model to ``out`` (a folder) with ``manifest.json``."""
+                    classes: Sequence[str] = (), opset: int = OPSET, traced: Path | None = None) -> Manifest:
+    """Write ``detector``'s per-image model to ``out`` (a folder) with ``manifest.json``.
+
+    ``traced``: an fp32 ONNX file of this detector already written by :func:`write_onnx`
+    with ``opset`` (several formats and precisions from one trace)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
     if precision not in PRECISIONS:
@@ -135,7 +140,10 @@ def export_detector(detector, out: Path, fmt: str = "onnx", precision: str = "fp
     (out / MANIFEST).unlink(missing_ok=True)  # a half-written folder never looks complete
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        write_onnx(detector, onnx_path, opset)
+        if traced is not None:
+            shutil.copyfile(traced, onnx_path)
+        else:
+            write_onnx(detector, onnx_path, opset)
         quant = None
         if precision == "int8":
             quant = quantize_int8(onnx_path, Path(tmp) / "model.int8.onnx")
