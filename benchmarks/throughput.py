@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                       # both parts below, CPU
     python benchmarks/throughput.py --part speed --images 64
     python benchmarks/throughput.py --part memory --sizes 500,5000
+    python benchmarks/throughput.py --part speed --backend onnxruntime --precision int8
 
 * ``speed``: ViT-B-16-plus-240 (random weights) over ``--images`` real test images from
   ../shared/data (repeated when there are fewer): images/s of the whole run
@@ -66,21 +67,24 @@ def timed_run(args: list[str], env: dict) -> tuple[float, float]:
     return wall, peak
 
 
-def model_only(n: int, batch: int, files: list[Path]) -> float:
+def model_only(n: int, batch: int, files: list[Path], backend: str = "torch", precision: str = "fp32",
+               cache: Path | None = None) -> float:
     import torch
 
     from alfa_ad import Detector
     from alfa_ad.io.images import load_image
 
-    det = Detector(weights="random", cache_dir=None, llm_prompts=False, batch_size=batch, tile="none")
+    det = Detector(weights="random", cache_dir=cache or None, llm_prompts=False, batch_size=batch, tile="none")
+    det.use_backend(backend, precision=precision)  # the export the run wrote into the cache
+    forward = det.backend or det.method
     text = det._text_state("object")
     images = [load_image(files[i % len(files)]) for i in range(batch)]
     pixels = det.backbone.preprocess(images)
-    det.method(pixels, text)  # warm-up
+    forward(pixels, text)  # warm-up
     t = time.perf_counter()
     done = 0
     while done < n:
-        det.method(pixels, text)
+        forward(pixels, text)
         done += batch
     torch.cuda.synchronize() if torch.cuda.is_available() else None
     return done / (time.perf_counter() - t)
@@ -92,6 +96,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--sizes", default="500,5000")
+    ap.add_argument("--backend", default="torch", help="torch, onnxruntime or openvino (speed part)")
+    ap.add_argument("--precision", default="fp32", help="fp32 or int8 (exported backends)")
     ap.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "alfa-ad-throughput"))
     args = ap.parse_args()
     files = real_images()
@@ -100,10 +106,12 @@ def main() -> None:
     if args.part in ("speed", "both"):
         data = folder_of(args.images, files, base / f"speed-{args.images}")
         wall, peak = timed_run(["run", "--data", str(data), "--out", str(base / "out-speed"), "--weights", "random",
-                                "--no-llm", "--tile", "none", "--batch-size", str(args.batch_size)], env)
+                                "--no-llm", "--tile", "none", "--batch-size", str(args.batch_size),
+                                "--backend", args.backend, "--precision", args.precision], env)
         e2e = args.images / wall
-        model = model_only(args.images, args.batch_size, files)
-        print(f"speed (ViT-B-16-plus-240, {args.images} images, batch {args.batch_size}): end to end "
+        model = model_only(args.images, args.batch_size, files, args.backend, args.precision, base / "cache")
+        print(f"speed (ViT-B-16-plus-240, {args.backend} {args.precision}, {args.images} images, batch "
+              f"{args.batch_size}): end to end "
               f"{e2e:.2f} images/s (process wall incl. start-up {wall:.1f} s), model step alone {model:.2f} images/s, "
               f"ratio {e2e / model:.2f}")
     if args.part in ("memory", "both"):
