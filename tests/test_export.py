@@ -99,7 +99,9 @@ def test_int8_quantizes_the_encoder_only_and_stays_close(det, traced, pixels, tm
     if fmt == "onnx":
         nodes = onnx.load(str(tmp_path / fmt / "model.int8.onnx")).graph.node
         quantized = [n.name for n in nodes if n.op_type == "MatMulInteger"]
-        assert len(quantized) >= 4 * 3  # qkv, out, fc, proj of each of the 3 blocks (and the aligner's copies)
+        # per block: the qkv projection and the MLP's two layers (the attention output Gemm is not
+        # among ONNX Runtime's dynamically quantized ops)
+        assert len(quantized) >= 3 * 3
         assert all("/resblocks." in n for n in quantized)  # the scoring head stays fp32
     text = det._text_state(CLASS)
     ref, out = det.method(pixels, text), backend(pixels, text)
@@ -184,7 +186,7 @@ def test_cli_export_then_run_gives_the_torch_scores(tmp_path):
         assert row["kept_normal"] == rows["onnxruntime"][path]["kept_normal"]
     # one-line errors: unknown backend, few-shot, an export of other options
     for args, message in ((("--backend", "tensorrt"), "--backend must be one of"),
-                          (("--backend", "onnxruntime", "--shots", "1"), "few-shot"),
+                          (("--backend", "onnxruntime", "--normals", data / "widget" / "test" / "good"), "few-shot"),
                           (("--backend", "onnxruntime", "--exported", tmp_path / "exp", "--aligner", "value"),
                            "aligner")):
         r = invoke("run", "--data", data, "--out", tmp_path / "bad", *fast, *args)

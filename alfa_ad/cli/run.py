@@ -144,6 +144,8 @@ def run(
         fail(f"{exported}: --exported folder not found")
     if backend != "torch" and shots != "0":
         fail(f"--backend {backend} runs the exported zero-shot model; few-shot (--shots/--normals) needs --backend torch")
+    if backend != "torch" and exported is None:
+        say(f"--backend {backend}: the {precision} export in the cache (written on first use: minutes on a CPU)")
     try:
         detector.use_backend(backend, exported, precision)
     except ValueError as exc:
