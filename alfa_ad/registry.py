@@ -75,3 +75,12 @@ ALIGNERS.add("dense", "alfa_ad.aligners.dense:DenseAligner",
 ALIGNERS.add("none", "alfa_ad.aligners.global_only:GlobalAligner",
              "class token only: the global score broadcast (ablation baseline)")
 DEFAULT_ALIGNER = "masked"  # docs/method.md section 4 argues the choice
+
+FEW_SHOT_SCORERS = Registry("few-shot scorer")
+FEW_SHOT_SCORERS.add("bank", "alfa_ad.scoring.fewshot:BankScorer",
+                     "memory bank of 0.1: nearest normal patch (ALFA: raw tokens of blocks at 1/2, 3/4 depth; "
+                     "WinCLIP+: patch and window embeddings)")
+FEW_SHOT_SCORERS.add("residual", "alfa_ad.scoring.fewshot:ResidualScorer",
+                     "InCTRL-style in-context residuals, training-free: multi-layer patch residuals after ln_post "
+                     "+ image-level residual to the mean reference embedding")
+DEFAULT_FEW_SHOT_SCORER = "bank"
