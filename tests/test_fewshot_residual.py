@@ -22,7 +22,7 @@ from alfa_ad.demo import make_synthetic_dataset
 from alfa_ad.methods.alfa import AlfaMethod
 from alfa_ad.methods.alfa_head import AlfaHead
 from alfa_ad.scoring.fewshot import default_memory_layers, default_residual_layers
-from alfa_ad.scoring.fusion import Stat, fuse, reference_stats, squash
+from alfa_ad.scoring.fusion import Stat, fuse, reference_stats
 
 from conftest import grey_texture, spot_image
 
@@ -163,10 +163,23 @@ def test_normalized_fusion_survives_a_part_of_scaled_noise():
     assert raw < 0.55, raw  # raw fusion drowns it in the noise's range
 
 
-def test_squash_and_stat():
-    z = torch.tensor([-1e6, -1.0, 0.0, 1.0, 1e3, 1e6])
-    s = squash(z)
-    assert (s > 0).all() and (s < 1).all() and (s.diff() > 0).all() and s[2] == 0.5
+def test_normalized_fusion_is_the_mean_z_score_up_to_a_positive_affine_map():
+    rng = np.random.default_rng(2)
+    _, a, b = _parts(rng, scale_b=30.0)
+    stats = _stats(rng, 30.0)
+    g = torch.tensor(rng.uniform(0.3, 0.7, size=a.shape[0]))
+    st = reference_stats(stats_v := torch.tensor(30 * 0.03 * rng.normal(size=(8, 64))), None,
+                         torch.tensor(0.2 + 0.03 * rng.normal(size=(8, 64))), torch.tensor(rng.uniform(0.4, 0.6, 8)),
+                         list(range(8)))
+    assert stats_v.shape == (8, 64)
+    m, s, normalized = fuse(a, g, b, None, st)
+    z = 0.5 * (st.language.z(a) + st.visual.z(b))
+    slope, icept = np.polyfit(z.numpy().ravel(), m.numpy().ravel(), 1)
+    assert slope > 0 and np.abs(slope * z.numpy() + icept - m.numpy()).max() < 1e-9
+    zs = 0.5 * (st.global_.z(g) + st.peak.z(m.amax(-1)))
+    slope, icept = np.polyfit(zs.numpy(), s.numpy(), 1)
+    assert slope > 0 and np.abs(slope * zs.numpy() + icept - s.numpy()).max() < 1e-9
+    assert normalized and stats is not None
     st = Stat.of(torch.tensor([1.0, 1.0, 1.0]))
     assert st.std > 0  # floored: a part constant on the references does not divide by zero
 

@@ -18,7 +18,7 @@ from ..model.backbone import ClipBackbone
 from ..aligners.base import encode
 from ..registry import DEFAULT_ALIGNER, FEW_SHOT_SCORERS
 from ..scoring.fewshot import default_memory_layers, fit_references, image_residual, visual_map
-from ..scoring.fusion import FUSIONS, FusionStats, fuse, squash
+from ..scoring.fusion import FUSIONS, FusionStats, fuse
 from ..scoring.zero_shot import TEMPERATURE
 from .alfa_head import AlfaHead
 from .base import BatchScores
@@ -139,9 +139,9 @@ class AlfaMethod:
             ad.global_scores
 
     def finish(self, patch_map: torch.Tensor, normalized: bool) -> torch.Tensor:
-        """``(B, gh, gw)`` -> maps at model resolution (squashed after smoothing when normalized)."""
+        """``(B, gh, gw)`` -> maps at model resolution (both fusions are linear: no special case)."""
         maps = self.head.finish(patch_map)
-        return squash(maps) if normalized else maps
+        return maps
 
     # ------------------------------------------------------------- scoring
     @torch.inference_mode()

@@ -21,7 +21,7 @@ from ..aligners import build_aligner, encode
 from ..model.backbone import ClipBackbone
 from ..registry import FEW_SHOT_SCORERS
 from ..scoring.fewshot import fit_references, image_residual, visual_map
-from ..scoring.fusion import FUSIONS, FusionStats, fuse, squash
+from ..scoring.fusion import FUSIONS, FusionStats, fuse
 from ..scoring.windows import harmonic_aggregation, harmonic_mean
 from ..scoring.zero_shot import TEMPERATURE, anomaly_probability
 from .base import BatchScores, WindowGeometry, upsample
@@ -134,7 +134,7 @@ class WinClipMethod:
 
     def finish(self, patch_map: torch.Tensor, normalized: bool) -> torch.Tensor:
         maps = upsample(patch_map, self.backbone.image_size)
-        return squash(maps) if normalized else maps
+        return maps
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, text: torch.Tensor, fusion: FusionStats | None = None) -> BatchScores:

@@ -4,16 +4,18 @@ scale of its own spread over the normal references, leave-one-out; docs/method.m
 
 Parts of one unit (image or tile): language map ``L (P,)`` and class-token score ``G``
 (zero-shot, None without text), visual map ``V (P,)`` and image residual ``R``
-(few-shot; ``R`` only for scorers with an image-level residual).
+(few-shot; ``R`` only for scorers with an image-level residual).  Every part lies in [0, 1].
 
 * raw:        ``M = mean(L, V)``, ``S = mean(G, max_p M, R)`` (over the parts present);
   WinCLIP+ keeps anomalib's ``S = mean(G, max_p V)``.
-* normalized: ``z_X = (X - mu_X) / sigma_X`` with ``mu, sigma`` the mean and standard
-  deviation of ``X`` over the references (leave-one-out for ``V``, ``R``; all patches
-  for maps), ``Z = mean(z_L, z_V)``, ``M = squash(Z)`` (after upsampling and smoothing),
-  ``S = squash(mean(z_G, z_peak, z_R))`` with ``peak = max_p Z`` normalized by its own
-  reference statistics.  ``squash(z) = (1 + z / (1 + |z|)) / 2`` maps the real line onto
-  (0, 1) monotonically without saturating (maps and thresholds stay in [0, 1]).
+* normalized: ``M = sum_X w_X X / sum_X w_X`` over the map parts and
+  ``S = sum_Y w_Y Y / sum_Y w_Y`` over ``G``, ``peak = max_p M`` and ``R``, with
+  ``w_X = 1 / sigma_X``, ``sigma_X`` the standard deviation of ``X`` over the references
+  (leave-one-out for ``V``, ``R`` and ``peak``; all patches for maps).  This is the mean of
+  the z-scores ``(X - mu_X) / sigma_X`` up to a positive affine map (the same order, so
+  the same metrics and thresholds' decisions), and stays a convex combination of [0, 1]
+  parts: maps stay in [0, 1] and linear in the parts (smoothing commutes with it).
+  With neither ``L`` nor ``R`` there is nothing to fuse: ``M = V``, ``S = max V``.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class FusionStats:
         return {k: None if v is None else {"mean": v.mean, "std": v.std} for k, v in vars(self).items()}
 
 
-def squash(z: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + z / (1.0 + z.abs()))
+def _weighted(parts: Sequence[tuple[Optional[torch.Tensor], Optional[Stat]]]) -> torch.Tensor:
+    present = [(x, 1.0 / st.std) for x, st in parts if x is not None]
+    total = sum(w for _, w in present)
+    return sum(x * (w / total) for x, w in present)
 
 
 def _mean(parts: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
@@ -66,18 +70,16 @@ def _mean(parts: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
 
 def fuse(language: Optional[torch.Tensor], global_: Optional[torch.Tensor], visual: torch.Tensor,
          image: Optional[torch.Tensor], stats: Optional[FusionStats], peak_of_visual: bool = False):
-    """``(patch map (B, P), image score (B,), normalized)``.  The map is ``Z`` (to be squashed
-    after upsampling and smoothing) when ``normalized``, else ``M``.  ``stats`` None: raw."""
-    if stats is None:
+    """``(patch map (B, P), image score (B,), normalized)``.  ``stats`` None: raw."""
+    if stats is None or (language is None and image is None):  # nothing to fuse: V and max V as they are
         patch = _mean([language, visual])
         peak = (visual if peak_of_visual else patch).flatten(1).amax(-1)
         return patch, _mean([global_, peak, image]), False
-    z = _mean([None if language is None else stats.language.z(language), stats.visual.z(visual)])
-    peak = (stats.visual.z(visual) if peak_of_visual else z).flatten(1).amax(-1)
-    parts = [None if global_ is None else stats.global_.z(global_),
-             peak if stats.peak is None else stats.peak.z(peak),
-             None if image is None else stats.image.z(image)]
-    return z, squash(_mean(parts)), True
+    patch = _weighted([(language, stats.language), (visual, stats.visual)])
+    peak = (visual if peak_of_visual else patch).flatten(1).amax(-1)
+    peak_stat = stats.peak if stats.peak is not None else (stats.visual if peak_of_visual else Stat(0.0, 1.0))
+    score = _weighted([(global_, stats.global_), (peak, peak_stat), (image, stats.image)])
+    return patch, score, True
 
 
 def reference_stats(visual: torch.Tensor, image: Optional[torch.Tensor], language: Optional[torch.Tensor],
@@ -87,7 +89,7 @@ def reference_stats(visual: torch.Tensor, image: Optional[torch.Tensor], languag
     units ``subset`` (the ones scored zero-shot)."""
     base = FusionStats(Stat.of(visual), None if language is None else Stat.of(language),
                        None if global_ is None else Stat.of(global_), None if image is None else Stat.of(image))
-    z, _, _ = fuse(language, global_, visual[list(subset)], None if image is None else image[list(subset)], base,
-                   peak_of_visual)
-    peak = (base.visual.z(visual[list(subset)]) if peak_of_visual else z).flatten(1).amax(-1)
+    v = visual[list(subset)]
+    patch = v if language is None else _weighted([(language, base.language), (v, base.visual)])
+    peak = (v if peak_of_visual else patch).flatten(1).amax(-1)
     return FusionStats(base.visual, base.language, base.global_, base.image, Stat.of(peak))
