@@ -198,9 +198,8 @@ def _collect(ev: ClassEval, s: Sample, score: float, amap: torch.Tensor, size: t
     ev.scores.append(score)
     if truth is not None:
         full = torch.nn.functional.interpolate(amap[None, None].float().cpu(), size=(size[1], size[0]),
-                                               mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
-        ev.maps.append(_eval_resize(full))
-        ev.masks.append(_eval_resize(truth.astype(np.float32)) >= 0.5)
+                                               mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+        ev.pixels.add(_eval_resize(truth.astype(np.float32)) >= 0.5, _eval_resize(full.numpy().astype(np.float32)))
 
 
 __all__ = ["AblationConfig", "AblationRow", "GRID", "FULL", "METRICS", "applicable", "run_ablation"]

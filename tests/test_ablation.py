@@ -43,9 +43,16 @@ def test_grid_covers_the_papers_tables_and_drops_repeats():
     assert applicable([AblationConfig("x", ("llm",))], {"template"}) == []
 
 
-def test_ablate_writes_one_row_per_configuration(demo_root, tmp_path):
-    out = tmp_path / "abl"
+@pytest.fixture(scope="module")
+def ablation_out(demo_root, tmp_path_factory):
+    """One ``alfa-ad ablate`` run on the demo data (shared by the tests below)."""
+    out = tmp_path_factory.mktemp("ablation") / "abl"
     result = invoke("ablate", "--data", demo_root, "--weights", "planted", "--out", out)
+    return out, result
+
+
+def test_ablate_writes_one_row_per_configuration(ablation_out):
+    out, result = ablation_out
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "ablation.csv", newline="")))
     assert len(rows) == 10 and all(r["class"] == "widget" for r in rows)  # one class: no mean rows
@@ -67,10 +74,10 @@ def test_ablate_writes_one_row_per_configuration(demo_root, tmp_path):
     assert "10 configurations" in result.output
 
 
-def test_ablation_row_equals_alfa_ad_run(demo_root, tmp_path):
+def test_ablation_row_equals_alfa_ad_run(demo_root, ablation_out, tmp_path):
     """The shared pass computes what a standalone run of the same configuration computes."""
-    out = tmp_path / "abl"
-    assert invoke("ablate", "--data", demo_root, "--weights", "planted", "--out", out).exit_code == 0
+    out, result = ablation_out
+    assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "ablation.csv", newline="")))
     for aligner, scales in (("masked", "2,3"), ("dense", "2,3"), ("masked", "2,3,4")):
         row = next(r for r in rows if r["aligner"] == aligner and r["scales"] == scales and r["S_c"] == "on"

@@ -93,10 +93,10 @@ def localization_failures(det: Detector, samples, grid_images) -> list[str]:
 
 
 # ------------------------------------------------------------------ correct aligners
-@pytest.mark.parametrize("method", ["alfa", "winclip"])
+# (ALFA mode: in test_each_wrong_variant_fails_the_check, next to each wrong variant)
 @pytest.mark.parametrize("aligner", ["masked", "value", "dense"])
-def test_each_aligner_localizes_planted_cues(planted_backbone, demo_samples, grid_images, method, aligner):
-    det = Detector(planted_backbone, method=method, aligner=aligner, cache_dir=None)
+def test_each_aligner_localizes_planted_cues_in_winclip_mode(planted_backbone, demo_samples, grid_images, aligner):
+    det = Detector(planted_backbone, method="winclip", aligner=aligner, cache_dir=None)
     assert det.method.aligner.name == aligner
     assert localization_failures(det, demo_samples, grid_images) == []
 
@@ -171,7 +171,13 @@ BROKEN = {
 
 @pytest.mark.parametrize("variant", list(BROKEN))
 def test_each_wrong_variant_fails_the_check(planted_backbone, demo_samples, grid_images, monkeypatch, variant):
+    """The correct aligner passes the check and the wrong variant fails the same check,
+    on the same images, in the same test (ALFA mode)."""
     aligner, cls, patch = BROKEN[variant]
+    correct = Detector(planted_backbone, aligner=aligner, cache_dir=None)
+    assert type(correct.method.aligner) is {"masked": MaskedAligner, "value": ValueAligner, "dense": DenseAligner}[aligner]
+    assert localization_failures(correct, demo_samples, grid_images) == [], f"the correct {aligner} aligner"
+
     det = Detector(planted_backbone, aligner=aligner, cache_dir=None)
     if cls is not None:
         det.method.head.aligner = cls(planted_backbone)

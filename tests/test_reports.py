@@ -332,8 +332,8 @@ def test_prompt_library_sources_and_explanations(small_data, tmp_path):
             assert d["source"] == ("llm-descriptor" if d["text"] in DESCRIPTORS else "llm")
         sims = [d["similarity"] for d in desc]
         assert sims == sorted(sims, reverse=True) and all(-1 <= s <= 1 for s in sims)
-        assert row["total_normal"] == 39 and row["total_abnormal"] == 40
-        assert 0 < row["kept_normal"] <= 39
+        assert row["total_normal"] == 72 + 3 and row["total_abnormal"] == 72 + 4
+        assert 0 < row["kept_normal"] <= 72 + 3
     assert not any("templates only" in w for w in _json(out / "scores.json")["warnings"])
 
 

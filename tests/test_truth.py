@@ -209,7 +209,7 @@ def test_class_name_and_prompt_class_change_the_prompts(layout, tmp_path):
     assert m["config"]["class_names"] == {"widget": "metal part"}
     assert m["config"]["prompt_classes"] == {"widget": "hazelnut"}
     row = _json(out / "scores.json")["images"][0]
-    assert row["total_normal"] == 37 and row["class"] == "widget"
+    assert row["total_normal"] == 72 + 1 and row["class"] == "widget"
     assert len(row["descriptors"]) == 2 and {d["side"] for d in row["descriptors"]} == {"normal", "abnormal"}
     assert "only 2 descriptions exist; --explain 5 gives 2" in result.output
     det = Detector(weights="planted", cache_dir=None, llm_prompts=False)
