@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from .model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .registry import ALIGNERS, DEFAULT_ALIGNER, METHODS
+from .registry import ALIGNERS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, FEW_SHOT_SCORERS, METHODS
 
 
 @dataclass
@@ -35,10 +35,15 @@ class DetectorConfig:
     llm_prompts: bool = True
     batch_size: int = 8
     options: dict[str, Any] = field(default_factory=dict)
+    few_shot_scorer: str = DEFAULT_FEW_SHOT_SCORER  # how queries meet the references (issue 17)
+    fusion: str = "normalized"  # zero-shot + few-shot fusion: "normalized" (reference statistics) or "raw"
 
     def __post_init__(self) -> None:
         METHODS.check(self.method)
         ALIGNERS.check(self.aligner)
+        FEW_SHOT_SCORERS.check(self.few_shot_scorer)
+        if self.fusion not in ("normalized", "raw"):
+            raise ValueError(f"fusion must be normalized or raw, got {self.fusion!r}")
         self.scales = tuple(int(s) for s in self.scales)
         self.tile = str(self.tile)
         if self.batch_size < 1:

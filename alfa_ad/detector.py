@@ -27,6 +27,7 @@ from .prompting.library import LLMPromptSource, load_library
 from .prompting.templates import WINCLIP_TEMPLATES, WINCLIP_TEMPLATES_ANOMALIB
 from .registry import METHODS
 from .results import Descriptor, DetectionResult, Thresholds
+from .scoring.fusion import fuse, reference_stats
 from .scoring.masks import defect_mask
 from .scoring.tiling import parse_tile, plan_tiles, stitch
 
@@ -115,13 +116,15 @@ class Detector:
                                                   weights=config.weights, seed=config.seed, device=config.device)
         self.config = replace(config, model=self.backbone.weights.model_name)
         self.method = method_cls(self.backbone, tuple(self.config.scales), aligner=self.config.aligner,
+                                 few_shot_scorer=self.config.few_shot_scorer, fusion=self.config.fusion,
                                  **self.config.options)
         directory = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.text_cache = TextEmbeddingCache(directory)
         self.thresholds: Thresholds | None = None
-        self.normals: list[Image.Image] = []
-        self._normal_features: list[Any] = []
+        self.normals: list[str] = []  # one label per fitted reference (features are kept, not images)
         self._normal_groups: list[list[int]] = []  # per reference image: its units (tiles) in the features
+        self._loo_images: dict[int, Image.Image] = {}  # the <= 16 references scored zero-shot for calibration
+        self._class_parts: dict[str, Any] = {}  # class -> references' zero-shot parts and fusion statistics
         self._fit_options: dict[str, Any] = {}
         self._banks: OrderedDict[str, tuple] = OrderedDict()
         self.prompt_classes: dict[str, str] = {}  # class name -> prompt-library class (``--prompt-class``)
@@ -226,23 +229,28 @@ class Detector:
             yield resize_to_model(crops, bb.image_size, bb.mean, bb.std, bb.device, bb.dtype)
 
     # ------------------------------------------------------------ few-shot
-    def fit_normals(self, images: Sequence[Any], *, coreset: int | None = None, seed: int = 0) -> list[str]:
-        """Build the memory bank from normal reference images; returns warnings.
+    def fit_normals(self, images: Sequence[Any], *, coreset: int | None = None, seed: int = 0,
+                    max_leave_one_out: int = 16) -> list[str]:
+        """Fit the few-shot scorer on normal reference images; returns warnings.
 
         Raises ``ImageLoadError`` naming a corrupt reference and ``ValueError`` when
-        no image is given.  ``coreset`` bounds the bank (greedy k-center per layer).
-        References are tiled like test images.  The last :data:`BANK_CACHE_SIZE` banks
-        are remembered by the references' content, so fitting the same references again
-        costs no forward pass.
+        no image is given.  ``coreset`` bounds each token set (greedy k-center, computed
+        once).  References are tiled like test images.  Kept afterwards: the coreset, each
+        reference's leave-one-out visual results, and the decoded pixels of at most
+        ``max_leave_one_out`` references (chosen with ``seed``), which calibration and
+        normalized fusion score zero-shot once per class; not the references' features.
+        The last :data:`BANK_CACHE_SIZE` fits are remembered by the references' content,
+        so fitting the same references again costs no forward pass.
         """
         if not images:
             raise ValueError("fit_normals needs at least one normal reference image")
         self.thresholds = None  # thresholds belong to the bank they were calibrated with
+        self._class_parts = {}
         options = {"coreset": coreset, "seed": seed}
-        key = content_key(images, f"{coreset}|{seed}|{self.config.tile}")
+        key = content_key(images, f"{coreset}|{seed}|{self.config.tile}|{max_leave_one_out}")
         if key in self._banks:
             self._banks.move_to_end(key)
-            self.normals, self._normal_features, self._normal_groups, bank, warnings = self._banks[key]
+            self.normals, self._normal_groups, bank, self._loo_images, warnings = self._banks[key]
             self._fit_options = options
             self.method.import_bank(bank)
             return list(warnings)
@@ -256,28 +264,66 @@ class Detector:
         if len(modes) > 1:
             warnings.append(f"normal references mix image modes {sorted(modes)}; all are converted to RGB")
         groups, units = self._units(pil)
-        self._normal_features = self.method.extract_normals(self._unit_batches(pil, units))
+        features = self.method.extract_normals(self._unit_batches(pil, units))
+        self.method.set_normals(features, owners=[i for i, _ in units], **options)
+        del features
+        order = np.random.default_rng(seed).permutation(len(pil))[:max_leave_one_out]
+        self._loo_images = {int(i): pil[i] for i in order}
+        self.normals = [str(im) if isinstance(im, (str, os.PathLike)) else f"<image {i}>" for i, im in enumerate(images)]
         self._normal_groups = groups
-        self.normals = pil
         self._fit_options = options
-        self.method.set_normals(self._normal_features, **options)
-        self._banks[key] = (pil, self._normal_features, groups, self.method.export_bank(), tuple(warnings))
+        self._banks[key] = (self.normals, groups, self.method.export_bank(), self._loo_images, tuple(warnings))
         while len(self._banks) > BANK_CACHE_SIZE:
             self._banks.popitem(last=False)
         return warnings
 
     def clear_normals(self) -> None:
         self.method.clear_normals()
-        self.normals, self._normal_features, self._normal_groups = [], [], []
+        self.normals, self._normal_groups, self._loo_images, self._class_parts = [], [], {}, {}
         self.thresholds = None
+
+    def _reference_parts(self, class_name: str) -> dict[str, Any]:
+        """The references' zero-shot parts for ``class_name`` (one zero-shot pass over the kept
+        references, once per class) and the fusion statistics (None: raw fusion)."""
+        if class_name in self._class_parts:
+            return self._class_parts[class_name]
+        refs = self.method.export_bank()
+        chosen = list(self._loo_images)
+        images = [self._loo_images[i] for i in chosen]
+        groups, units = self._units(images)
+        text = self._text_state(class_name)
+        parts = [self.method.zero_shot_parts(p, text) for p in self._unit_batches(images, units)]
+        language = None if parts[0][0] is None else torch.cat([p[0] for p in parts]).cpu()
+        global_ = None if parts[0][1] is None else torch.cat([p[1] for p in parts]).cpu()
+        subset = [self._normal_groups[i][k] for i, g in zip(chosen, groups) for k in range(len(g))]
+        stats = None
+        if self.config.fusion == "normalized" and refs is not None and refs.loo_visual is not None:
+            stats = reference_stats(refs.loo_visual, refs.loo_image, language, global_, subset,
+                                    getattr(self.method, "peak_of_visual", False))
+        out = {"chosen": chosen, "groups": groups, "subset": subset, "language": language, "global": global_,
+               "stats": stats}
+        self._class_parts[class_name] = out
+        return out
+
+    def _fusion_stats(self, class_name: str):
+        if self.config.fusion != "normalized" or self.method.export_bank() is None or len(self.normals) < 2:
+            return None
+        return self._reference_parts(class_name)["stats"]
+
+    def fusion_statistics(self, class_name: str = "object") -> dict[str, Any] | None:
+        """The reference statistics normalized fusion uses for ``class_name`` (None: raw fusion)."""
+        stats = self._fusion_stats(class_name)
+        return None if stats is None else stats.as_dict()
 
     def calibrate(self, images: Sequence[Any] | None = None, class_name: str = "object", fpr: float = 0.01,
                   max_leave_one_out: int = 16) -> Thresholds:
         """Set image and pixel thresholds at false-positive rate ``fpr`` from normal images.
 
-        ``images``: extra normal images scored as they are.  ``None``: leave-one-out
-        over the fitted references (each scored with a bank built without it; at most
-        ``max_leave_one_out`` of them, chosen with the fit seed).
+        ``images``: extra normal images scored as they are.  ``None``: leave-one-out over
+        the fitted references (at most ``max_leave_one_out`` of those kept at fit time):
+        each one's visual part against the other references was computed at fit time
+        from a coreset computed once; its zero-shot part comes from one pass per class.
+        No model run per left-out reference, no coreset per left-out reference.
         """
         if not 0 < fpr < 1:
             raise ValueError(f"fpr must be in (0, 1), got {fpr}")
@@ -286,27 +332,37 @@ class Detector:
             if not images:
                 raise ValueError("calibrate needs at least one normal image")
             results = self.predict(images, class_name)
+            scores = np.array([r.score for r in results])
+            maxima = np.array([r.anomaly_map.max() for r in results])
             source = "calibration images"
         else:
             if len(self.normals) < 2:
                 raise ValueError("leave-one-out calibration needs at least 2 normal references (fit_normals)")
-            feats, groups = self._normal_features, self._normal_groups
-            order = np.random.default_rng(self._fit_options.get("seed", 0)).permutation(len(self.normals))
-            results = []
-            bank = self.method.export_bank()
-            try:
-                for i in order[:max_leave_one_out]:
-                    held = set(groups[i])
-                    self.method.set_normals([f for j, f in enumerate(feats) if j not in held], **self._fit_options)
-                    results += self.predict([self.normals[i]], class_name)
-            finally:
-                self.method.import_bank(bank)
+            scores, maxima = self._leave_one_out(class_name, max_leave_one_out)
             source = "leave-one-out over the references"
-        scores = np.array([r.score for r in results])
-        maxima = np.array([r.anomaly_map.max() for r in results])
         self.thresholds = Thresholds(float(np.quantile(scores, 1 - fpr, method="higher")),
-                                     float(np.quantile(maxima, 1 - fpr, method="higher")), fpr, len(results), source)
+                                     float(np.quantile(maxima, 1 - fpr, method="higher")), fpr, len(scores), source)
         return self.thresholds
+
+    def _leave_one_out(self, class_name: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per kept reference: its score and map maximum with the others as references.
+        A tiled reference takes its highest tile score and tile-map maximum."""
+        parts = self._reference_parts(class_name)
+        refs = self.method.export_bank()
+        subset = parts["subset"]
+        visual = refs.loo_visual[subset]
+        image = None if refs.loo_image is None else refs.loo_image[subset]
+        stats = parts["stats"] if self.config.fusion == "normalized" else None
+        patch, unit_scores, normalized = fuse(parts["language"], parts["global"], visual, image, stats,
+                                              getattr(self.method, "peak_of_visual", False))
+        with torch.inference_mode():
+            maps = self.method.finish(patch.view(-1, *self.backbone.grid).to(self.backbone.device), normalized)
+        unit_max = maps.flatten(1).amax(-1).clamp(0, 1).cpu()
+        scores, maxima = [], []
+        for g in parts["groups"][:limit]:
+            scores.append(float(unit_scores[g].max()))
+            maxima.append(float(unit_max[g].max()))
+        return np.array(scores), np.array(maxima)
 
     # ------------------------------------------------------------ scoring
     def predict(self, images: Sequence[Any], class_name: str = "object", explain: int = 0) -> list[DetectionResult]:
@@ -321,8 +377,11 @@ class Detector:
         text = self._text_state(class_name)
         ps = self.prompts(class_name)
         groups, units = self._units(pil)
-        forward = self.backend or self.method
-        outs = [forward(pixels, text) for pixels in self._unit_batches(pil, units)]
+        if self.backend is not None:  # an exported zero-shot model (use_backend)
+            outs = [self.backend(pixels, text) for pixels in self._unit_batches(pil, units)]
+        else:
+            fusion = self._fusion_stats(class_name)
+            outs = [self.method(pixels, text, fusion) for pixels in self._unit_batches(pil, units)]
         cat = {name: torch.cat([getattr(o, name) for o in outs]) if outs and getattr(outs[0], name) is not None
                else None for name in ("scores", "global_scores", "maps", "kept_normal", "kept_abnormal", "embeddings")}
         results: list[DetectionResult] = []

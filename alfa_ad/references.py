@@ -33,6 +33,10 @@ def few_shot_prepare(pools: dict[str, tuple[list[Path], str]], options: RunOptio
                           "memory_bank_size": detector.method.bank_size})
             if warns:
                 facts["reference_warnings"] = warns
+            stats = detector.fusion_statistics(prompt_name)
+            facts["few_shot"] = {"scorer": detector.config.few_shot_scorer,
+                                 "fusion": detector.config.fusion if stats is not None else "raw",
+                                 "fusion_statistics": stats}
             for w in warns:
                 if on_warning:
                     on_warning(class_name, w)

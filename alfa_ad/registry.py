@@ -82,3 +82,12 @@ BACKENDS.add("onnxruntime", "alfa_ad.backends.ort:OnnxRuntimeBackend",
              "the exported ONNX graph in ONNX Runtime (alfa-ad[onnx]; zero-shot ALFA)")
 BACKENDS.add("openvino", "alfa_ad.backends.ov:OpenVinoBackend",
              "the exported OpenVINO IR on its CPU plugin (alfa-ad[openvino]; zero-shot ALFA)")
+
+FEW_SHOT_SCORERS = Registry("few-shot scorer")
+FEW_SHOT_SCORERS.add("bank", "alfa_ad.scoring.fewshot:BankScorer",
+                     "memory bank of 0.1: nearest normal patch (ALFA: raw tokens of blocks at 1/2, 3/4 depth; "
+                     "WinCLIP+: patch and window embeddings)")
+FEW_SHOT_SCORERS.add("residual", "alfa_ad.scoring.fewshot:ResidualScorer",
+                     "InCTRL-style in-context residuals, training-free: multi-layer patch residuals after ln_post "
+                     "+ image-level residual to the mean reference embedding")
+DEFAULT_FEW_SHOT_SCORER = "bank"

@@ -188,8 +188,11 @@ def test_memory_bank_alone_localizes(spot_set):
 def test_memory_bank_with_text_localizes(planted_backbone, spot_set):
     det = Detector(planted_backbone, method="alfa", cache_dir=None)
     det.fit_normals(_clean(3))
+    assert _pixel_auroc(det, *spot_set) >= 0.95  # normalized fusion (the default)
+    det = Detector(planted_backbone, method="alfa", cache_dir=None, fusion="raw")
+    det.fit_normals(_clean(3))
     assert _pixel_auroc(det, *spot_set) >= 0.95
-    # the fused map is the mean of the language map (zero-shot) and the memory map (no text);
+    # raw fusion: the fused map is the mean of the language map (zero-shot) and the memory map (no text);
     # smoothing and resizing are linear, so this holds for the returned maps too
     zero = Detector(planted_backbone, method="alfa", cache_dir=None)
     visual = Detector(planted_backbone, method="alfa", cache_dir=None, use_text=False)

@@ -15,7 +15,7 @@ from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..outputs.record import RunOptions, build_record
 from ..outputs.tables import aggregate_seeds, write_seed_summary
 from ..outputs.writers import clear_previous, previous_outputs
-from ..registry import ALIGNERS, BACKENDS, DEFAULT_ALIGNER
+from ..registry import ALIGNERS, BACKENDS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, FEW_SHOT_SCORERS
 from .common import _parse_ints, _print_table, app, fail, say
 from .run_support import (build_detector, check_device, check_out, few_shot_prepare, name_map, reference_pools,
                           run_with_progress, write_html_report)
@@ -49,6 +49,11 @@ def run(
                                 + ALIGNERS.help() + "."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
     llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts (ALFA)."),
+    few_shot_scorer: str = typer.Option(DEFAULT_FEW_SHOT_SCORER, "--few-shot-scorer", help="How queries meet the "
+                                        "references (docs/method.md section 7): " + FEW_SHOT_SCORERS.help() + "."),
+    fusion: str = typer.Option("normalized", "--fusion", help="Few-shot fusion of the zero-shot and few-shot parts: "
+                               "normalized (each part on its leave-one-out spread over the references; raw with one "
+                               "reference) or raw (plain mean, as alfa-ad 0.1)."),
     text: bool = typer.Option(True, "--text/--no-text", help="ALFA few-shot: --no-text scores with the memory bank alone."),
     explain: int = typer.Option(0, "--explain", help="Write the top-N LLM descriptions per image."),
     model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model name (default {DEFAULT_MODEL}, or the "
@@ -135,7 +140,8 @@ def run(
             warnings.append(f"class {c!r} skipped: {n} normal images ({where}), --shots {shots}")
             dataset.pop(c)
     detector = build_detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir,
-                              batch_size, prompts, llm, anomalib_compat, text, tile, aligner)
+                              batch_size, prompts, llm, anomalib_compat, text, tile, aligner,
+                              few_shot_scorer, fusion)
     for cls, lib in libs.items():
         detector.set_prompt_class(names.get(cls, cls), lib)
     if backend not in BACKENDS:
@@ -150,7 +156,8 @@ def run(
         detector.use_backend(backend, exported, precision)
     except ValueError as exc:
         fail(str(exc))
-    say(f"alfa-ad {__version__}: {method} ({aligner} aligner), {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
+    scorer_note = f", {few_shot_scorer} scorer, {fusion} fusion" if shots != "0" else ""
+    say(f"alfa-ad {__version__}: {method} ({aligner} aligner{scorer_note}), {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
     if workers is not None and workers < 1:
         fail("--workers must be at least 1")
     if vlm_explain < 0 or (vlm_explain and not vlm_model):

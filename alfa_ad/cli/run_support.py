@@ -14,7 +14,7 @@ from ..io.images import InputError, iter_image_files
 from ..outputs.record import RunOptions
 from ..references import choose_references, few_shot_prepare as _few_shot_prepare  # noqa: F401
 from ..outputs.tables import metrics_table
-from ..registry import ALIGNERS, DEFAULT_ALIGNER, METHODS
+from ..registry import ALIGNERS, DEFAULT_ALIGNER, FEW_SHOT_SCORERS, METHODS
 from .common import _parse_ints, _print_table, console, fail, say
 
 
@@ -45,7 +45,8 @@ def check_out(out: Path) -> None:
 def build_detector(method: str, model: Optional[str], pretrained: str, checkpoint: Optional[Path], weights: str,
                    seed: int, device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int,
                    prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False,
-                   text: bool = True, tile: str = "auto", aligner: str = DEFAULT_ALIGNER):
+                   text: bool = True, tile: str = "auto", aligner: str = DEFAULT_ALIGNER,
+                   few_shot_scorer: str = "bank", fusion: str = "normalized"):
     """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error."""
     from ..detector import Detector
     from ..model.weights import WeightsUnavailableError
@@ -56,6 +57,10 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         fail(f"--method must be one of {', '.join(METHODS.names())}, got {method!r}")
     if aligner not in ALIGNERS:
         fail(f"--aligner must be one of {', '.join(ALIGNERS.names())}, got {aligner!r}")
+    if few_shot_scorer not in FEW_SHOT_SCORERS:
+        fail(f"--few-shot-scorer must be one of {', '.join(FEW_SHOT_SCORERS.names())}, got {few_shot_scorer!r}")
+    if fusion not in ("normalized", "raw"):
+        fail(f"--fusion must be normalized or raw, got {fusion!r}")
     if batch_size < 1:
         fail("--batch-size must be at least 1")
     if prompts is not None and not prompts.is_file():
@@ -79,7 +84,8 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
                         checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
                         seed=seed, device=device, scales=_parse_ints(scales, "--scales"), tile=tile,
                         cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,
-                        prompts=str(prompts) if prompts else None, llm_prompts=llm, **options)
+                        prompts=str(prompts) if prompts else None, llm_prompts=llm,
+                        few_shot_scorer=few_shot_scorer, fusion=fusion, **options)
     except (WeightsUnavailableError, LibraryError, ValueError) as exc:
         fail(str(exc))
 

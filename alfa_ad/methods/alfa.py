@@ -15,8 +15,10 @@ import torch.nn.functional as F
 
 from ..aligners import TEXT_PROJECTIONS, build_aligner
 from ..model.backbone import ClipBackbone
-from ..registry import DEFAULT_ALIGNER
-from ..scoring.memory import greedy_coreset
+from ..aligners.base import encode
+from ..registry import DEFAULT_ALIGNER, FEW_SHOT_SCORERS
+from ..scoring.fewshot import default_memory_layers, fit_references, image_residual, visual_map
+from ..scoring.fusion import FUSIONS, FusionStats, fuse
 from ..scoring.zero_shot import TEMPERATURE
 from .alfa_head import AlfaHead
 from .base import BatchScores
@@ -24,13 +26,9 @@ from .base import BatchScores
 __all__ = ["AlfaMethod", "TEXT_PROJECTIONS", "default_memory_layers"]
 
 
-def default_memory_layers(depth: int) -> tuple[int, ...]:
-    """Blocks at 1/2 and 3/4 of the depth (0-based), e.g. (5, 8) for 12 blocks."""
-    return tuple(sorted({max(0, min(depth - 2, depth * f // 4 - 1)) for f in (2, 3)}))
-
-
 class AlfaMethod:
     name = "alfa"
+    peak_of_visual = False
 
     def __init__(
         self,
@@ -44,15 +42,19 @@ class AlfaMethod:
         use_text: bool = True,
         aligner: str = DEFAULT_ALIGNER,
         contextual: bool = True,
+        few_shot_scorer: str = "bank",
+        fusion: str = "normalized",
     ) -> None:
         if text_projection is not None and text_projection not in TEXT_PROJECTIONS:
             raise ValueError(f"text_projection must be one of {TEXT_PROJECTIONS}")
         self.backbone = backbone
-        memory_layers = tuple(memory_layers) if memory_layers is not None else default_memory_layers(backbone.depth)
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.scorer = FEW_SHOT_SCORERS.get(few_shot_scorer)(backbone, memory_layers)
+        self.fusion = fusion
         self.head = AlfaHead(build_aligner(aligner, backbone, text_projection=text_projection), backbone.grid,
-                             backbone.image_size, scales, temperature, k, sigma, contextual, use_text,
-                             memory_layers).to(backbone.device)
-        self.bank: list[torch.Tensor] | None = None  # per memory layer: (M, W) normal patch features
+                             backbone.image_size, scales, temperature, k, sigma, contextual, use_text).to(backbone.device)
+        self.refs = None  # fitted references (scoring/fewshot.py:References)
 
     # options as attributes (what tests and reports read)
     @property
@@ -65,7 +67,8 @@ class AlfaMethod:
 
     @property
     def memory_layers(self) -> tuple[int, ...]:
-        return self.head.memory_layers
+        """Blocks the few-shot scorer reads (``memory_layers`` option; default per scorer)."""
+        return self.scorer.layers
 
     @property
     def use_text(self) -> bool:
@@ -80,48 +83,84 @@ class AlfaMethod:
         device = self.backbone.device
         return F.normalize(normal.float(), dim=-1).to(device), F.normalize(abnormal.float(), dim=-1).to(device)
 
-    # ------------------------------------------------------------- few-shot
+    # ------------------------------------------------------------- few-shot (issue 17)
     @torch.inference_mode()
-    def extract_normals(self, batches: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
-        """Per normal image, its patch features at each memory layer: ``[[(P, W), ...], ...]``."""
-        bb = self.backbone
-        out: list[list[torch.Tensor]] = []
+    def extract_normals(self, batches: Iterable[torch.Tensor]) -> list[tuple[list[torch.Tensor], torch.Tensor | None]]:
+        """Per normal unit (image or tile): the scorer's token sets and image embedding."""
+        out = []
         for pixels in batches:
-            _, caps = bb.penultimate_with(bb.tokens(pixels), self.memory_layers)
-            for i in range(pixels.shape[0]):
-                out.append([c[i, 1:].float() for c in caps])
+            feats = encode(self.backbone, pixels, self.scorer.capture)
+            tokens, image = self.scorer.tokens(feats.caps, feats.last), self.scorer.image(feats.g)
+            out += [([t[i] for t in tokens], None if image is None else image[i]) for i in range(pixels.shape[0])]
         return out
 
-    def set_normals(self, features: Sequence[list[torch.Tensor]], coreset: int | None = None, seed: int = 0) -> None:
-        """Memory bank from :meth:`extract_normals` output; ``coreset`` bounds each layer's bank."""
+    def covers(self) -> list[None]:
+        return [None] * len(self.scorer.layers)
+
+    def set_normals(self, features: Sequence[tuple], coreset: int | None = None, seed: int = 0,
+                    owners: Sequence[int] | None = None) -> None:
+        """Fitted references from :meth:`extract_normals` output (``owners``: the reference image
+        of each unit, default one unit per image); ``coreset`` bounds each token set."""
         if not features:
             raise ValueError("no normal reference image to build the memory bank from")
-        bank = [torch.cat([f[layer] for f in features]) for layer in range(len(self.memory_layers))]
-        if coreset is not None:
-            bank = [b[greedy_coreset(b, coreset, seed).to(b.device)] for b in bank]
-        self.bank = bank
+        images = None if features[0][1] is None else [f[1] for f in features]
+        self.refs = fit_references([f[0] for f in features], images, owners or range(len(features)), self.covers(),
+                                   coreset, seed)
 
     def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
-        """Memory bank of patch features (outputs of ``memory_layers``) of normal images."""
         self.set_normals(self.extract_normals(batches), coreset, seed)
 
     def clear_normals(self) -> None:
-        self.bank = None
+        self.refs = None
 
     def export_bank(self):
-        """The fitted memory-bank state (opaque; for :meth:`import_bank`)."""
-        return self.bank
+        """The fitted state (opaque; for :meth:`import_bank`)."""
+        return self.refs
 
     def import_bank(self, state) -> None:
-        self.bank = state
+        self.refs = state
+
+    @property
+    def bank(self) -> list[torch.Tensor] | None:
+        return None if self.refs is None else self.refs.sets
 
     @property
     def bank_size(self) -> int:
-        return 0 if self.bank is None else sum(b.shape[0] for b in self.bank)
+        return 0 if self.refs is None else self.refs.size
+
+    @torch.inference_mode()
+    def zero_shot_parts(self, pixels: torch.Tensor, text) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Language map ``(B, P)`` and class-token score ``(B,)`` (None, None without text)."""
+        if not self.use_text:
+            return None, None
+        feats = self.head.encode(pixels)
+        ad = self.head.adapt(feats.g, *text)
+        return self.head.language_map(feats.g, self.head.local_embeddings(feats), ad.classes).flatten(1), \
+            ad.global_scores
+
+    def finish(self, patch_map: torch.Tensor, normalized: bool) -> torch.Tensor:
+        """``(B, gh, gw)`` -> maps at model resolution (both fusions are linear: no special case)."""
+        maps = self.head.finish(patch_map)
+        return maps
 
     # ------------------------------------------------------------- scoring
     @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor]) -> BatchScores:
-        out = self.head(pixels, *text, bank=self.bank)
-        return BatchScores(out.scores.cpu(), out.global_scores.cpu(), out.maps.cpu(), out.keep_normal.cpu(),
-                           out.keep_abnormal.cpu(), out.embeddings.cpu())
+    def __call__(self, pixels: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor],
+                 fusion: FusionStats | None = None) -> BatchScores:
+        """``fusion``: reference statistics for normalized fusion (None: raw fusion)."""
+        if self.refs is None:
+            out = self.head(pixels, *text, bank=None)
+            return BatchScores(out.scores.cpu(), out.global_scores.cpu(), out.maps.cpu(), out.keep_normal.cpu(),
+                               out.keep_abnormal.cpu(), out.embeddings.cpu())
+        head = self.head
+        feats = encode(self.backbone, pixels, self.scorer.capture)
+        ad = head.adapt(feats.g, *text)
+        language = head.language_map(feats.g, head.local_embeddings(feats), ad.classes).flatten(1) \
+            if self.use_text else None
+        visual = visual_map(self.scorer.tokens(feats.caps, feats.last), self.refs, self.covers())
+        image = image_residual(self.scorer.image(feats.g), self.refs)
+        patch, scores, normalized = fuse(language, ad.global_scores if self.use_text else None, visual, image,
+                                         fusion if self.fusion == "normalized" else None)
+        maps = self.finish(patch.view(-1, *head.grid), normalized)
+        return BatchScores(scores.cpu(), ad.global_scores.cpu(), maps.cpu(), ad.keep_normal.cpu(),
+                           ad.keep_abnormal.cpu(), feats.g.float().cpu())

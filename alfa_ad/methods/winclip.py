@@ -19,7 +19,9 @@ import torch
 
 from ..aligners import build_aligner, encode
 from ..model.backbone import ClipBackbone
-from ..scoring.memory import greedy_coreset, nearest_neighbour_distance
+from ..registry import FEW_SHOT_SCORERS
+from ..scoring.fewshot import fit_references, image_residual, visual_map
+from ..scoring.fusion import FUSIONS, FusionStats, fuse
 from ..scoring.windows import harmonic_aggregation, harmonic_mean
 from ..scoring.zero_shot import TEMPERATURE, anomaly_probability
 from .base import BatchScores, WindowGeometry, upsample
@@ -27,6 +29,7 @@ from .base import BatchScores, WindowGeometry, upsample
 
 class WinClipMethod:
     name = "winclip"
+    peak_of_visual = True  # anomalib: the image score takes the few-shot map's maximum
 
     def __init__(
         self,
@@ -35,6 +38,9 @@ class WinClipMethod:
         temperature: float = TEMPERATURE,
         anomalib_compat: bool = False,
         aligner: str = "masked",
+        few_shot_scorer: str = "bank",
+        fusion: str = "normalized",
+        memory_layers=None,
     ) -> None:
         if anomalib_compat and aligner != "masked":
             raise ValueError("anomalib_compat reproduces anomalib's masked windows; it needs aligner 'masked'")
@@ -44,79 +50,103 @@ class WinClipMethod:
         self.geometry = WindowGeometry(backbone.grid, scales)
         self.temperature = temperature
         self.anomalib_compat = anomalib_compat
-        self.ref_patches: torch.Tensor | None = None  # (M, W) reference patch tokens
-        self.ref_windows: list[torch.Tensor] | None = None  # per scale (M_s, D) reference window embeddings
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.fusion = fusion
+        # bank: WinCLIP+'s reference patch tokens and window embeddings; residual: InCTRL-style
+        self.scorer = FEW_SHOT_SCORERS.get(few_shot_scorer)(backbone, memory_layers, windows=True)
+        self.refs = None  # fitted references (scoring/fewshot.py:References)
 
     def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> torch.Tensor:
         """``(2, D)``: mean of the raw normal and of the raw abnormal prompt embeddings."""
         return torch.stack([normal.float().mean(0), abnormal.float().mean(0)]).to(self.backbone.device)
 
-    def _encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Image embeddings ``(B, D)``, window embeddings per scale ``(B, n, D)``, patch tokens ``(B, P, W)``."""
-        bb = self.backbone
-        feats = encode(bb, pixels)
+    def _encode(self, pixels: torch.Tensor, capture=()):
+        """Image embeddings ``(B, D)``, window embeddings per scale ``(B, n, D)``, the forward pass."""
+        feats = encode(self.backbone, pixels, capture)
         state = self.aligner.prepare(feats)
         windows = [self.aligner(feats, state, w) for w in self.geometry.windows]
-        return feats.g, windows, bb.patch_tokens(feats.last)
+        return feats.g, windows, feats
 
+    def covers(self) -> list:
+        if self.scorer.name == "bank":
+            return [None] + list(self.geometry.covers)
+        return [None] * len(self.scorer.layers)
+
+    # ------------------------------------------------------------- few-shot (issue 17)
     @torch.inference_mode()
-    def extract_normals(self, batches: Iterable[torch.Tensor]) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
-        """Per normal image: its patch tokens ``(P, W)`` and window embeddings per scale ``(n, D)``."""
+    def extract_normals(self, batches: Iterable[torch.Tensor]):
+        """Per normal unit (image or tile): the scorer's token sets and image embedding."""
         out = []
         for pixels in batches:
-            _, win, pt = self._encode(pixels)
-            out += [(pt[i], [w[i] for w in win]) for i in range(pixels.shape[0])]
+            g, win, feats = self._encode(pixels, self.scorer.capture)
+            tokens, image = self.scorer.tokens(feats.caps, feats.last, win), self.scorer.image(g)
+            out += [([t[i] for t in tokens], None if image is None else image[i]) for i in range(pixels.shape[0])]
         return out
 
-    def set_normals(self, features, coreset: int | None = None, seed: int = 0) -> None:
-        """Reference embeddings from :meth:`extract_normals` output (WinCLIP+)."""
+    def set_normals(self, features, coreset: int | None = None, seed: int = 0, owners=None) -> None:
+        """Fitted references from :meth:`extract_normals` output (WinCLIP+ or residual)."""
         if not features:
             raise ValueError("no normal reference image to build the memory bank from")
-        ref_p = torch.cat([f[0] for f in features])
-        ref_w = [torch.cat([f[1][s] for f in features]) for s in range(len(self.geometry.scales))]
-        if coreset is not None:
-            ref_p = ref_p[greedy_coreset(ref_p, coreset, seed).to(ref_p.device)]
-            ref_w = [w[greedy_coreset(w, coreset, seed).to(w.device)] for w in ref_w]
-        self.ref_patches, self.ref_windows = ref_p, ref_w
+        images = None if features[0][1] is None else [f[1] for f in features]
+        self.refs = fit_references([f[0] for f in features], images, owners or range(len(features)), self.covers(),
+                                   coreset, seed)
 
     def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
-        """Store the reference images' patch tokens and window embeddings (WinCLIP+)."""
         self.set_normals(self.extract_normals(batches), coreset, seed)
 
     def clear_normals(self) -> None:
-        self.ref_patches = self.ref_windows = None
+        self.refs = None
 
     def export_bank(self):
-        """The fitted reference state (opaque; for :meth:`import_bank`)."""
-        return (self.ref_patches, self.ref_windows)
+        return self.refs
 
     def import_bank(self, state) -> None:
-        self.ref_patches, self.ref_windows = state
+        self.refs = state
+
+    @property
+    def ref_patches(self) -> torch.Tensor | None:
+        return None if self.refs is None or self.scorer.name != "bank" else self.refs.sets[0]
+
+    @property
+    def ref_windows(self) -> list[torch.Tensor] | None:
+        return None if self.refs is None or self.scorer.name != "bank" else self.refs.sets[1:]
 
     @property
     def bank_size(self) -> int:
-        if self.ref_patches is None:
-            return 0
-        return self.ref_patches.shape[0] + sum(w.shape[0] for w in self.ref_windows or [])
+        return 0 if self.refs is None else self.refs.size
 
-    @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor, text: torch.Tensor) -> BatchScores:
-        grid = self.backbone.grid
-        g, windows, patches = self._encode(pixels)
-        b = g.shape[0]
+    def _zero_shot(self, g, windows, text):
+        grid, b = self.backbone.grid, g.shape[0]
         global_scores = anomaly_probability(g.unsqueeze(1), text, self.temperature)[:, 0]
         per_scale = [global_scores.view(b, 1, 1).expand(b, *grid)]
         for emb, cover in zip(windows, self.geometry.covers):
             window_scores = anomaly_probability(emb, text, self.temperature)
             per_scale.append(harmonic_aggregation(window_scores, cover).view(b, *grid))
-        patch_map = harmonic_mean(torch.stack(per_scale), dim=0)
-        scores = global_scores
-        if self.ref_patches is not None:
-            few = [nearest_neighbour_distance(patches, self.ref_patches).view(b, *grid)]
-            for emb, ref, cover in zip(windows, self.ref_windows, self.geometry.covers):
-                few.append(harmonic_aggregation(nearest_neighbour_distance(emb, ref), cover).view(b, *grid))
-            few_map = torch.stack(few).mean(0)
-            patch_map = 0.5 * (patch_map + few_map)
-            scores = 0.5 * (global_scores + few_map.flatten(1).amax(-1))
+        return harmonic_mean(torch.stack(per_scale), dim=0), global_scores
+
+    @torch.inference_mode()
+    def zero_shot_parts(self, pixels: torch.Tensor, text: torch.Tensor):
+        """Zero-shot map ``(B, P)`` and class-token score ``(B,)``."""
+        g, windows, _ = self._encode(pixels)
+        patch_map, global_scores = self._zero_shot(g, windows, text)
+        return patch_map.flatten(1), global_scores
+
+    def finish(self, patch_map: torch.Tensor, normalized: bool) -> torch.Tensor:
         maps = upsample(patch_map, self.backbone.image_size)
+        return maps
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor, text: torch.Tensor, fusion: FusionStats | None = None) -> BatchScores:
+        grid = self.backbone.grid
+        g, windows, feats = self._encode(pixels, self.scorer.capture if self.refs is not None else ())
+        patch_map, global_scores = self._zero_shot(g, windows, text)
+        scores, normalized = global_scores, False
+        if self.refs is not None:
+            visual = visual_map(self.scorer.tokens(feats.caps, feats.last, windows), self.refs, self.covers())
+            image = image_residual(self.scorer.image(g), self.refs)
+            patch, scores, normalized = fuse(patch_map.flatten(1), global_scores, visual, image,
+                                             fusion if self.fusion == "normalized" else None, peak_of_visual=True)
+            patch_map = patch.view(-1, *grid)
+        maps = self.finish(patch_map, normalized)
         return BatchScores(scores.cpu(), global_scores.cpu(), maps.cpu(), None, None, g.cpu())  # every prompt is used
