@@ -46,6 +46,8 @@ def run(
     method: str = typer.Option("alfa", "--method", help="alfa or winclip."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
     llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts (ALFA)."),
+    learned: Optional[Path] = typer.Option(None, "--learned", help="Learned prompt embeddings (alfa-ad learn-prompts) "
+                                           "or a plain normal/abnormal embedding file: one more prompt source."),
     text: bool = typer.Option(True, "--text/--no-text", help="ALFA few-shot: --no-text scores with the memory bank alone."),
     explain: int = typer.Option(0, "--explain", help="Write the top-N LLM descriptions per image."),
     model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model name (default {DEFAULT_MODEL}, or the "
@@ -115,7 +117,7 @@ def run(
             warnings.append(f"class {c!r} skipped: {n} normal images ({where}), --shots {shots}")
             dataset.pop(c)
     detector = build_detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir,
-                              batch_size, prompts, llm, anomalib_compat, text, tile)
+                              batch_size, prompts, llm, anomalib_compat, text, tile, learned)
     for cls, lib in libs.items():
         detector.set_prompt_class(names.get(cls, cls), lib)
     say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")

@@ -9,8 +9,8 @@ learned concatenations), class prototypes ``n = normalize(mean_i n_i)`` and
   (cross-entropy of cosine similarities over ``tau``);
 * explicit anomaly margin: ``relu(|f - n| - |f - a| + m)`` for a normal feature,
   ``relu(|f - a| - |f - n| + m)`` for a synthetic-defect feature;
-* alignment: ``|mean_i n_i - h+|^2 + |mean_j a_j - h-|^2`` with ``h+``, ``h-`` the means
-  of the unit embeddings of the hand-written normal and abnormal prompts.
+* alignment (PromptAD): ``|mean hat a^hand - mean hat a^learned|^2`` between the
+  hand-written and the learned abnormal concatenations.
 
 Image and window features are separate groups, each averaged, then the two groups
 averaged, so 365 windows do not drown one image.
@@ -31,10 +31,8 @@ class LossWeights:
     temperature: float = 0.07
     margin: float = 0.0
     abnormal: float = 1.0  # weight of the synthetic-defect terms
-    align: float = 0.001  # abnormal side (PromptAD's lambda)
-    align_normal: float = 1.0
+    align: float = 0.001  # PromptAD's lambda
     per_prompt: bool = True
-    t2v: float = 1.0  # weight of the text-to-feature term
 
 
 def _wmean(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -60,16 +58,6 @@ def _side_terms(f: torch.Tensor, own: torch.Tensor, own_proto: torch.Tensor, oth
     return _wmean(ce + margin, weight)
 
 
-def _text_to_feature(f: torch.Tensor, y: torch.Tensor, prompts: torch.Tensor, temperature: float,
-                     weight: torch.Tensor) -> torch.Tensor:
-    """Each abnormal prompt must pick each synthetic-defect feature among it and all normal
-    features: ``-log e^{<f,a>/tau} / (e^{<f,a>/tau} + sum_{g normal} e^{<g,a>/tau})``,
-    averaged over prompts and (weighted) over defect features."""
-    pos = (f[y == 1] @ prompts.T) / temperature  # (A, Q)
-    neg = torch.logsumexp((f[y == 0] @ prompts.T) / temperature, 0)  # (Q,)
-    return _wmean((torch.logaddexp(pos, neg[None]) - pos).mean(1), weight[y == 1])
-
-
 def group_loss(f: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, normal: torch.Tensor, abnormal: torch.Tensor,
                learned: torch.Tensor, w: LossWeights) -> torch.Tensor:
     """Loss of one feature group: ``f`` ``(N, D)`` unit, ``y`` 0/1, ``weight`` per feature; unit
@@ -82,30 +70,23 @@ def group_loss(f: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, normal: t
     if w.abnormal and bool((y == 1).any()):
         loss = loss + w.abnormal * _side_terms(f[y == 1], learned, F.normalize(learned.mean(0), dim=-1), normal,
                                                n_proto, w, w.per_prompt, weight[y == 1])
-        if w.t2v and bool((y == 0).any()):
-            loss = loss + w.abnormal * w.t2v * _text_to_feature(f, y, learned, w.temperature, weight)
     return loss
 
 
 def prompt_loss(normal: torch.Tensor, hand: torch.Tensor, learned: torch.Tensor, feats: Features,
-                w: LossWeights, anchors: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                w: LossWeights, align: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss for raw prompt embeddings and the (unit) features; also its parts.
-
-    ``anchors``: unit mean embeddings of the hand-written normal and abnormal prompts
-    (the alignment term; None leaves it out, as for the validation loss).
-    """
+    ``align=False`` leaves the alignment term out (the validation loss)."""
     n = F.normalize(normal, dim=-1)
-    learned_u = F.normalize(learned, dim=-1)
-    a = torch.cat([F.normalize(hand, dim=-1), learned_u])
+    hand_u, learned_u = F.normalize(hand, dim=-1), F.normalize(learned, dim=-1)
+    a = torch.cat([hand_u, learned_u])
     groups = feats.groups()
     data = sum(group_loss(f, y, c, n, a, learned_u, w) for f, y, c in groups) / max(1, len(groups))
     parts = {"data": float(data.detach())}
     total = data
-    if anchors is not None:
-        match_n = (n.mean(0) - anchors[0]).pow(2).sum()
-        match_a = (a.mean(0) - anchors[1]).pow(2).sum()
-        total = total + w.align_normal * match_n + w.align * match_a
-        parts.update(align_normal=float(match_n.detach()), align_abnormal=float(match_a.detach()))
+    if align and w.align and hand.shape[0]:
+        match = (hand_u.mean(0) - learned_u.mean(0)).pow(2).sum()
+        total = total + w.align * match
+        parts["align"] = float(match.detach())
     parts["total"] = float(total.detach())
     return total, parts

@@ -16,14 +16,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .. import __version__
 from ..io.images import load_image
 from ..model.backbone import ClipBackbone
 from ..prompting.learned import FORMAT, LearnedClass, LearnedPrompts
-from ..prompting.templates import ALFA_ABNORMAL_STATES, ALFA_NORMAL_STATES, readable_class_name
+from ..prompting.templates import ALFA_ABNORMAL_STATES, readable_class_name
 from .context import PromptContext
 from .features import Features, extract_features
 from .losses import LossWeights, prompt_loss
@@ -55,10 +54,8 @@ class LearnConfig:
     temperature: float = 0.07
     margin: float = 0.0
     abnormal_weight: float = 1.0
-    align_weight: float = 0.001  # abnormal anchor (PromptAD's lambda)
-    align_normal_weight: float = 1.0  # normal anchor
+    align_weight: float = 0.001  # PromptAD's lambda
     per_prompt: bool = True
-    t2v_weight: float = 1.0
     synthetic: int = 16  # synthetic defects per class, made round-robin on the shots (0: none)
     patience: int = 0  # 0: fixed schedule; N: early stopping on the validation split
     scales: tuple[int, ...] = (2, 3)
@@ -79,24 +76,12 @@ class LearnConfig:
 
     @property
     def weights(self) -> LossWeights:
-        return LossWeights(self.temperature, self.margin, self.abnormal_weight, self.align_weight, self.align_normal_weight,
-                           self.per_prompt, self.t2v_weight)
+        return LossWeights(self.temperature, self.margin, self.abnormal_weight, self.align_weight, self.per_prompt)
 
 
-def default_handwritten(class_text: str) -> tuple[list[str], list[str]]:
-    """ALFA's six normal and six abnormal state phrases for the class, as sentences
-    (``flawless hazelnut.``, ``damaged hazelnut.``)."""
-    return ([s.format(class_text) + "." for s in ALFA_NORMAL_STATES],
-            [s.format(class_text) + "." for s in ALFA_ABNORMAL_STATES])
-
-
-@torch.no_grad()
-def _anchors(backbone: ClipBackbone, normal: Sequence[str], abnormal: Sequence[str]
-             ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if not normal or not abnormal:
-        return None
-    return tuple(F.normalize(backbone.encode_text(list(t)), dim=-1).mean(0).to(backbone.device)
-                 for t in (normal, abnormal))
+def default_handwritten(class_text: str) -> list[str]:
+    """ALFA's six abnormal state phrases for the class, as sentences (``damaged hazelnut.``)."""
+    return [s.format(class_text) + "." for s in ALFA_ABNORMAL_STATES]
 
 
 @contextlib.contextmanager
@@ -134,27 +119,25 @@ def _training_sets(backbone: ClipBackbone, images: list[Image.Image], config: Le
 
 
 def learn_class(backbone: ClipBackbone, images: Sequence[Any], class_name: str, config: LearnConfig, seed: int = 0,
-                class_text: str | None = None, handwritten: tuple[Sequence[str], Sequence[str]] | None = None,
+                class_text: str | None = None, handwritten: Sequence[str] | None = None,
                 on_epoch: OnEpoch | None = None) -> tuple[LearnedClass, dict[str, Any]]:
     """Learn the prompts of one class from its normal ``images`` (paths, PIL or arrays).
 
     Returns the learned embeddings and facts for the file (epochs run, losses, feature
     counts).  ``class_text`` is the object name in the prompts (default: readable
-    ``class_name``); ``handwritten``: (normal, abnormal) hand-written descriptions; the
-    abnormal ones make the semantic concatenation, both anchor the alignment term
-    (default: ALFA's normal and abnormal states).
+    ``class_name``); ``handwritten`` the abnormal descriptions of the semantic
+    concatenation and the alignment term (default: ALFA's abnormal states).
     """
     if not images:
         raise ValueError(f"class {class_name!r}: no normal image to learn prompts from")
     text = class_text or readable_class_name(class_name)
-    hand_n, hand = (list(h) for h in (handwritten if handwritten is not None else default_handwritten(text)))
+    hand = list(handwritten) if handwritten is not None else default_handwritten(text)
     pil = [load_image(im) for im in images]
     rng = np.random.default_rng(_class_seed(seed, class_name))
     gen = torch.Generator().manual_seed(int(np.random.default_rng(_class_seed(seed, class_name)).integers(2**62)))
     device = backbone.device
     weights = config.weights
     with _frozen(backbone.clip):
-        anchors = _anchors(backbone, hand_n, hand)
         train, val = _training_sets(backbone, pil, config, rng)
         train = train.to(device)
         val = val.to(device) if val is not None else None
@@ -172,7 +155,7 @@ def learn_class(backbone: ClipBackbone, images: Sequence[Any], class_name: str, 
         history: list[float] = []
         for epoch in range(config.epochs):
             opt.zero_grad(set_to_none=True)
-            loss, parts = prompt_loss(*ctx(), train, weights, anchors)
+            loss, parts = prompt_loss(*ctx(), train, weights)
             loss.backward()
             if config.clip_grad:
                 torch.nn.utils.clip_grad_norm_(ctx.parameters(), config.clip_grad)
@@ -181,7 +164,7 @@ def learn_class(backbone: ClipBackbone, images: Sequence[Any], class_name: str, 
             history.append(parts["total"])
             if val is not None:
                 with torch.no_grad():
-                    v = float(prompt_loss(*ctx(), val, weights)[0])
+                    v = float(prompt_loss(*ctx(), val, weights, align=False)[0])
                 if v < best[0] - 1e-6:
                     best = (v, epoch + 1, {k: t.detach().clone() for k, t in ctx.state_dict().items()})
             if on_epoch:
@@ -194,7 +177,7 @@ def learn_class(backbone: ClipBackbone, images: Sequence[Any], class_name: str, 
             normal, hand_emb, learned = ctx()
     abnormal = torch.cat([hand_emb, learned])
     facts: dict[str, Any] = {
-        "prompt_text": text, "handwritten_normal": hand_n, "handwritten_abnormal": hand, "normal": int(normal.shape[0]), "abnormal": int(abnormal.shape[0]),
+        "prompt_text": text, "handwritten": hand, "normal": int(normal.shape[0]), "abnormal": int(abnormal.shape[0]),
         "epochs_run": len(history), "first_loss": round(history[0], 6), "final_loss": round(history[-1], 6),
         "features": train.counts,
     }
@@ -208,7 +191,7 @@ def learn_class(backbone: ClipBackbone, images: Sequence[Any], class_name: str, 
 def learn_prompts(backbone: ClipBackbone, shots: Mapping[str, Sequence[Any]], config: LearnConfig | None = None, *,
                   seed: int = 0, k: str | int | None = None, image_names: Mapping[str, Sequence[str]] | None = None,
                   class_texts: Mapping[str, str] | None = None,
-                  handwritten: Mapping[str, tuple[Sequence[str], Sequence[str]]] | None = None,
+                  handwritten: Mapping[str, Sequence[str]] | None = None,
                   on_epoch: OnEpoch | None = None) -> LearnedPrompts:
     """Learn prompts for every class of ``shots`` (class -> its normal images only).
 

@@ -127,10 +127,12 @@ class LearnedPrompts:
             same = (m.get("model") == weights.model_name and m.get("text_fingerprint") == backbone.fingerprint
                     and not (m.get("weights_sha256") and weights.sha256 and m["weights_sha256"] != weights.sha256))
             if not same:
+                theirs = _identity(m.get("model"), m.get("weights_source"), m.get("weights_detail"))
+                ours = _identity(weights.model_name, weights.source, weights.detail)
                 raise LearnedPromptsError(
-                    f"{name}: learned with {m.get('weights')} (text fingerprint {str(m.get('text_fingerprint'))[:12]}), "
-                    f"but this run uses {weights.label} (text fingerprint {backbone.fingerprint[:12]}); "
-                    "learn the prompts again with these weights (alfa-ad learn-prompts)")
+                    f"{name}: learned with {theirs} (text fingerprint {str(m.get('text_fingerprint'))[:12]}), but this "
+                    f"run uses {ours} (text fingerprint {backbone.fingerprint[:12]}); learn the prompts again with "
+                    "these weights (alfa-ad learn-prompts)")
         if self.dim != backbone.embed_dim:
             raise LearnedPromptsError(f"{name}: embeddings have dimension {self.dim}, but {weights.model_name} "
                                       f"embeds text in {backbone.embed_dim} dimensions")
@@ -138,6 +140,11 @@ class LearnedPrompts:
             f"{name}: plain embedding file without a model fingerprint; it cannot be checked that it was made "
             f"with {weights.model_name} ({weights.source} weights)"]
         return list(self.warnings)
+
+
+def _identity(model, source, detail) -> str:
+    """``ViT-B-16-plus-240 (random weights, seed 0)``."""
+    return f"{model} ({source} weights{', ' + detail if detail else ''})"
 
 
 def _safetensors(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
