@@ -1,9 +1,12 @@
 """The local engine: score a dataset class by class, feeding every result to the run's files.
 
-``run_dataset`` is the one result stream of a batch run: for each class it fits
-references and thresholds (``prepare``), loads and scores images in batches,
-hands each result to :class:`~alfa_ad.outputs.writers.RunFiles`, and
-accumulates what the metrics need.
+``run_dataset`` is the one result stream of a batch run.  Per class it fits
+references and thresholds (``prepare``); images are decoded ahead in worker threads
+(:func:`alfa_ad.pipeline.prefetch`), scored in batches, and each result is handed to
+one background writer thread that writes the score rows, overlays and masks
+(:class:`~alfa_ad.outputs.writers.RunFiles`) and accumulates the metrics in constant
+memory (:class:`~alfa_ad.evaluation.streaming.StreamingPixelMetrics`).  What stays in
+memory per image is its score row (about 1 KB).
 """
 
 from __future__ import annotations
@@ -19,26 +22,39 @@ import torch.nn.functional as F
 
 from .detector import Detector
 from .evaluation.metrics import EVAL_SIZE, summarize
+from .evaluation.streaming import StreamingPixelMetrics
 from .io.datasets import Sample
 from .io.images import ImageLoadError, load_image, load_mask
+from .outputs import resume as checkpoints
 from .outputs.record import RunOptions
 from .outputs.tables import METRIC_TITLES, METRICS, mean_over  # noqa: F401  (re-exported)
-from .outputs.writers import CSV_FIELDS, RunFiles  # noqa: F401  (re-exported)
+from .outputs.writers import CSV_FIELDS, RunFiles, read_jsonl  # noqa: F401  (re-exported)
+from .pipeline import BackgroundWriter, prefetch
 
 
 @dataclass
 class ClassEval:
-    """What one class contributes to metrics (maps and masks at EVAL_SIZE)."""
+    """What one class contributes to metrics: image labels and scores, and pixel
+    histograms (maps and masks at EVAL_SIZE)."""
 
     labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
-    maps: list[np.ndarray] = field(default_factory=list)
-    masks: list[np.ndarray] = field(default_factory=list)
+    pixels: StreamingPixelMetrics = field(default_factory=StreamingPixelMetrics)
+    kept: list[tuple[int, int]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float | None]:
-        masks = np.stack(self.masks) if self.masks else None
-        maps = np.stack(self.maps) if self.maps else None
-        return summarize(self.labels, self.scores, masks, maps)
+        out = summarize(self.labels, self.scores, None, None)
+        out.update(self.pixels.metrics())
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"labels": np.array(self.labels, dtype=np.int64), "scores": np.array(self.scores),
+                "kept": np.array(self.kept, dtype=np.int64).reshape(-1, 2), **self.pixels.state()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> "ClassEval":
+        return cls([int(v) for v in state["labels"]], [float(v) for v in state["scores"]],
+                   StreamingPixelMetrics.from_state(state), [tuple(map(int, k)) for k in state["kept"]])
 
 
 @dataclass
@@ -53,15 +69,10 @@ class RunReport:
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    resumed_rows: int = 0
 
     def mean_metrics(self) -> dict[str, float | None]:
         return mean_over(self.metrics.values())
-
-    @property
-    def flagged(self) -> tuple[int, int]:
-        """(images with an anomalous decision, images with a decision)."""
-        decided = [r for r in self.rows if r.get("decision")]
-        return sum(r["decision"] == "anomalous" for r in decided), len(decided)
 
 
 def _eval_resize(amap: np.ndarray) -> np.ndarray:
@@ -117,55 +128,106 @@ def run_dataset(
     prepare: Prepare | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     on_error: Callable[[str], None] | None = None,
+    resume: bool = False,
+    workers: int | None = None,
+    overlay_scale: str = "class",
 ) -> RunReport:
     """Score every sample; every result goes to the run's files as it comes.
 
     ``prepare(detector, class_folder, prompt_name)`` runs before each class (few-shot:
     fit the memory bank, calibrate) and returns facts for the report; raising
     ``ImageLoadError``/``ValueError`` there skips the class with the error recorded.
+    ``resume``: continue from the last checkpoint in ``out`` (images already scored
+    are not scored again; the metrics come out as if the run had not stopped).
     """
-    files = RunFiles(out, record, overlays=overlays)
+    saved = checkpoints.load(out) if resume else None
+    state = saved[0] if saved else checkpoints.ResumeState()
+    if saved and state.record_detector and state.record_detector != record.get("detector"):
+        raise ValueError(f"{out}: --resume with other detector options than the interrupted run "
+                         "(compare its scores.json config); run without --resume to start again")
+    prev_rows = read_jsonl(out / "scores.jsonl", state.rows) if saved else []
+    state.rows = len(prev_rows)
+    state.record_detector = dict(record.get("detector") or {})
+    files = RunFiles(out, record, overlays=overlays, overlay_scale=overlay_scale, previous_rows=prev_rows)
     files.warnings += list(warnings)
-    report = RunReport(out, record, rows=files.rows, errors=files.errors, warnings=files.warnings)
+    files.errors += state.errors
+    report = RunReport(out, record, rows=files.rows, errors=files.errors, warnings=files.warnings,
+                       resumed_rows=len(prev_rows))
+    for cls, done in state.finished.items():
+        report.classes[cls] = done["facts"]
+        if done.get("metrics"):
+            report.metrics[cls] = done["metrics"]
+    writer = BackgroundWriter(maxsize=2 * detector.batch_size)
 
     def error(message: str) -> None:
+        if message in report.errors:  # reported before an interruption, met again on resume
+            return
         report.errors.append(message)
         if on_error:
             on_error(message)
 
+    def record_one(ev: ClassEval, s: Sample, im, r) -> None:  # runs in the writer thread
+        truth = _mask_for(s, im.size, report.warnings) if s.label is not None else None
+        files.add(s, im, r, truth)
+        ev.kept.append((len(r.kept_prompts["normal"]), len(r.kept_prompts["abnormal"])))
+        if s.label is not None:
+            ev.labels.append(s.label)
+            ev.scores.append(r.score)
+            if truth is not None:
+                ev.pixels.add(_eval_resize(truth.astype(np.float32)) >= 0.5, _eval_resize(r.anomaly_map))
+        state.rows = len(report.rows)
+        if len(ev.kept) % checkpoints.CHECKPOINT_EVERY == 0:
+            state.errors = list(report.errors)
+            checkpoints.save(out, state, ev.state())
+
     t0 = time.perf_counter()
     try:
         for class_name, samples in dataset.items():
+            if class_name in state.finished:
+                continue
             name = options.class_names.get(class_name, class_name)
-            facts = _class_facts(detector, class_name, name, options, report.warnings)
-            if prepare is not None:
-                try:
+            ev, first_row = ClassEval(), len(report.rows)
+            if state.current == class_name and saved and saved[1] is not None:
+                ev, facts = ClassEval.from_state(saved[1]), dict(state.current_facts)
+                done = {r["path"] for r in report.rows if r.get("class") == class_name}
+                first_row -= len(done)
+                samples = [s for s in samples if str(s.path) not in done]
+                if prepare is not None:  # the same references and thresholds as before (seeded)
                     facts.update(prepare(detector, class_name, name))
-                except (ImageLoadError, ValueError) as exc:
-                    error(f"class {class_name!r} skipped: {exc}")
-                    continue
-            ev, kept, first_row, done = ClassEval(), [], len(report.rows), 0
-            for start in range(0, len(samples), detector.batch_size):
-                batch, images = [], []
-                for s in samples[start : start + detector.batch_size]:
+            else:
+                facts = _class_facts(detector, class_name, name, options, report.warnings)
+                if prepare is not None:
                     try:
-                        images.append(load_image(s.path))
-                        batch.append(s)
-                    except ImageLoadError as exc:
-                        error(str(exc))
-                results = detector.predict(images, name, explain=options.explain) if images else []
-                for s, im, r in zip(batch, images, results):
-                    truth = _mask_for(s, im.size, report.warnings) if s.label is not None else None
-                    files.add(s, im, r, truth)
-                    _evaluate(ev, s, r, truth)
-                    kept.append((len(r.kept_prompts["normal"]), len(r.kept_prompts["abnormal"])))
-                done += len(samples[start : start + detector.batch_size])
-                if on_progress:
-                    on_progress(class_name, done, len(samples))
-            if kept:
-                facts["mean_prompts_kept"] = {"normal": float(np.mean([k[0] for k in kept])),
-                                              "abnormal": float(np.mean([k[1] for k in kept]))}
-            counts = decision_counts(report.rows[first_row:])
+                        facts.update(prepare(detector, class_name, name))
+                    except (ImageLoadError, ValueError) as exc:
+                        error(f"class {class_name!r} skipped: {exc}")
+                        continue
+            state.current, state.current_facts = class_name, facts
+            checkpoints.save(out, state, ev.state())
+            files.begin_class(class_name, facts.get("thresholds"))
+            total, done_count, batch = len(samples), 0, []
+            for s, im, exc in prefetch(lambda smp: load_image(smp.path), samples, workers=workers,
+                                       lookahead=2 * detector.batch_size):
+                if exc is not None:
+                    error(str(exc) if isinstance(exc, ImageLoadError) else f"{s.path}: {type(exc).__name__}: {exc}")
+                else:
+                    batch.append((s, im))
+                if len(batch) == detector.batch_size:
+                    _score(detector, batch, name, options.explain, writer, record_one, ev)
+                    batch = []
+                done_count += 1
+                if on_progress and (not batch or done_count == total):
+                    on_progress(class_name, done_count, total)
+            if batch:
+                _score(detector, batch, name, options.explain, writer, record_one, ev)
+            writer.flush()
+            files.end_class()  # the class's overlays, on its one colour scale
+            if on_progress:
+                on_progress(class_name, total, total)
+            if ev.kept:
+                facts["mean_prompts_kept"] = {"normal": float(np.mean([k[0] for k in ev.kept])),
+                                              "abnormal": float(np.mean([k[1] for k in ev.kept]))}
+            counts = decision_counts(report.rows[max(0, first_row):])
             if counts:
                 facts["decisions"] = counts
             report.classes[class_name] = facts
@@ -173,11 +235,25 @@ def run_dataset(
                 report.metrics[class_name] = ev.metrics()
             report.seconds = time.perf_counter() - t0
             files.write(report.metrics, report.classes, report.seconds)
+            state.finished[class_name] = {"facts": facts, "metrics": report.metrics.get(class_name)}
+            state.current, state.current_facts = None, {}
+            state.errors = list(report.errors)
+            checkpoints.save(out, state, None)
         report.seconds = time.perf_counter() - t0
         files.write(report.metrics, report.classes, report.seconds)
     finally:
-        files.close()
+        try:
+            writer.close()
+        finally:
+            files.close()
     return report
+
+
+def _score(detector: Detector, batch, name: str, explain: int, writer: BackgroundWriter, record_one,
+           ev: ClassEval) -> None:
+    results = detector.predict([im for _, im in batch], name, explain=explain)
+    for (s, im), r in zip(batch, results):
+        writer.submit(record_one, ev, s, im, r)
 
 
 def _class_facts(detector: Detector, class_name: str, prompt_name: str, options: RunOptions,
@@ -200,13 +276,3 @@ def _class_facts(detector: Detector, class_name: str, prompt_name: str, options:
             warnings.append(f"class {class_name!r}: only {n} descriptions exist; --explain {options.explain} "
                             f"gives {n} per image")
     return facts
-
-
-def _evaluate(ev: ClassEval, s: Sample, r, truth: np.ndarray | None) -> None:
-    if s.label is None:
-        return
-    ev.labels.append(s.label)
-    ev.scores.append(r.score)
-    if truth is not None:
-        ev.maps.append(_eval_resize(r.anomaly_map))
-        ev.masks.append(_eval_resize(truth.astype(np.float32)) >= 0.5)

@@ -67,7 +67,8 @@ def test_demo_writes_all_outputs(tmp_path):
     assert len(overlays) == 10
     assert {p.parent.name for p in overlays} == {"good", "spot"}
     for p in overlays:
-        assert _valid_png(p) == (2 * 320, 240)  # [original | overlay] side by side
+        w, h = _valid_png(p)  # [original | overlay | colour bar] side by side
+        assert h == 240 and 2 * 320 < w < 3 * 320
     assert "px AUROC" in result.output and "PRO" in result.output and "planted" in result.output
 
 
@@ -128,7 +129,7 @@ def test_run_reports_bad_files_and_scores_the_rest(dataset_with_bad_files, tmp_p
     assert not victim_overlay.exists()
     for p in before:
         if p != victim_overlay:
-            assert _valid_png(p) == (640, 240), p
+            assert _valid_png(p)[1] == 240, p
     assert "earlier run's outputs" in result2.output
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
 
@@ -163,8 +164,9 @@ def test_run_on_plain_folder_has_no_labels_and_no_metrics(tmp_path):
     assert all(r["label"] == "" and r["defect_type"] == "" for r in rows)
     assert {r["class"] for r in rows} == {"gear"}
     assert not (out / "metrics.json").exists()  # nothing to measure without labels
-    assert _valid_png(out / "overlays" / "gear" / "images" / "img0.png") == (300, 100)
-    assert _valid_png(out / "overlays" / "gear" / "images" / "img1.png") == (120, 90)
+    w0, h0 = _valid_png(out / "overlays" / "gear" / "images" / "img0.png")
+    w1, h1 = _valid_png(out / "overlays" / "gear" / "images" / "img1.png")
+    assert (h0, h1) == (100, 90) and w0 > 300 and w1 > 120  # image | overlay | colour bar
 
 
 # ------------------------------------------------------------------ usage errors (exit 2)

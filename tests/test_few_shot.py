@@ -289,7 +289,10 @@ def test_leave_one_out_calibration_decides(planted_backbone, spot_set):
     assert flagged_clean < n_clean / 2, [r.score for r in results[:n_clean]]
     assert all(r.decision for r in results[n_clean:])  # every red spot is anomalous
     for r, m in zip(results[n_clean:], [m for m in spot_set[1] if m.any()]):
-        assert r.mask[m].mean() > 0.9  # the spot is inside the predicted mask
+        # the mask is cut at half height (scoring/masks.py), so it follows the spot's extent:
+        # most of the spot inside, little outside (blurred edges may fall either side)
+        assert r.mask[m].mean() > 0.8
+        assert (r.mask & m).sum() / (r.mask | m).sum() >= 0.5
     assert results[0].summary()["decision"] in ("normal", "anomalous")
 
 
@@ -375,16 +378,15 @@ def test_cli_seeds_write_per_seed_runs_and_summary(mvtec_root, tmp_path):
     assert table[0][0] == "class" and table[1][0] == "widget" and "± 0.0" in table[1][1]
 
 
-def test_cli_too_few_references_skips_the_class(mvtec_root, tmp_path):
+def test_cli_too_few_references_is_said_up_front(mvtec_root, tmp_path):
+    """Never silently zero-shot, and no empty outputs: the count of normals is checked
+    before the model loads."""
     out = tmp_path / "out"
     result = invoke("run", "--data", mvtec_root, "--out", out, "--shots", 8, *FAST)
-    assert result.exit_code == 1, result.output
-    assert "only 5 normal images" in result.output and "--shots 8" in result.output
-    scores = json.loads((out / "scores.json").read_text())
-    assert scores["images"] == []  # never silently zero-shot
-    assert len(scores["errors"]) == 1 and "only 5 normal images" in scores["errors"][0]
-    assert "widget" in scores["errors"][0]
-    assert "0 images scored" in result.output
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "'widget' has 5 normal images" in lines[0] and "--shots 8" in lines[0]
+    assert not out.exists()
 
 
 def test_cli_all_shots_with_coreset(mvtec_root, tmp_path):

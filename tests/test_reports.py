@@ -424,7 +424,8 @@ def test_generate_prompts_cli_server_failure(tmp_path, monkeypatch):
     assert len(failed) == 2, result.output
     for name, line in zip(("widget", "gadget"), failed):
         assert f"class {name!r}" in line and "503" in line
-    assert "0 of 2 classes" in result.output and "2 failed" in result.output
+    assert "no library written" in result.output and "all 2 classes failed" in result.output
+    assert not out.exists()
     assert KEY not in result.output
     assert not out.exists() or KEY.encode() not in out.read_bytes()
     if cache.exists():

@@ -17,7 +17,7 @@ from ..outputs.tables import aggregate_seeds, write_seed_summary
 from ..outputs.writers import clear_previous, previous_outputs
 from .common import _parse_ints, _print_table, app, fail, say
 from .run_support import (build_detector, check_device, check_out, few_shot_prepare, name_map, reference_pools,
-                          run_with_progress)
+                          run_with_progress, write_html_report)
 
 # kept for callers of the earlier module layout
 _detector = build_detector
@@ -64,6 +64,19 @@ def run(
     batch_size: int = typer.Option(8, "--batch-size"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write heat-map overlays."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: images already "
+                                "scored are skipped, metrics come out as if it had not stopped."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images ahead of the model "
+                                          "(default: min(4, CPUs))."),
+    overlay_scale: str = typer.Option("class", "--overlay-scale",
+                                      help="class: one colour scale per class; image: each map's own range."),
+    vlm_explain: int = typer.Option(0, "--vlm-explain", help="Ask a vision-language model for a verdict on the N "
+                                    "highest-scoring images (OpenAI protocol; see alfa-ad explain)."),
+    vlm_model: Optional[str] = typer.Option(None, "--vlm-model", help="Vision model name for --vlm-explain."),
+    vlm_base_url: Optional[str] = typer.Option(None, "--vlm-base-url", help="Its endpoint (default $OPENAI_BASE_URL)."),
+    vlm_fuse: Optional[float] = typer.Option(None, "--vlm-fuse", help="Weight w in [0, 1]: scores.json's score of an "
+                                             "explained image becomes (1-w) score + w p_VLM (docs/method.md 1c)."),
+    rules: Optional[Path] = typer.Option(None, "--rules", help="Normality rules (text or YAML) for --vlm-explain."),
 ) -> None:
     """Score every test image under --data; write scores, overlays, masks and metrics to --out."""
     from ..prompting.llm import resolve_classes
@@ -121,7 +134,23 @@ def run(
     for cls, lib in libs.items():
         detector.set_prompt_class(names.get(cls, cls), lib)
     say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
-    if previous_outputs(out):
+    if workers is not None and workers < 1:
+        fail("--workers must be at least 1")
+    if vlm_explain < 0 or (vlm_explain and not vlm_model):
+        fail("--vlm-explain N needs N >= 0 and --vlm-model NAME")
+    if vlm_fuse is not None and not (vlm_explain and 0.0 <= vlm_fuse <= 1.0):
+        fail("--vlm-fuse W needs --vlm-explain and W in [0, 1]")
+    if rules is not None and not rules.is_file():
+        fail(f"{rules}: --rules file not found")
+    if overlay_scale not in ("class", "image"):
+        fail(f"--overlay-scale must be class or image, got {overlay_scale!r}")
+    if resume and len(seed_list) > 1:
+        fail("--resume continues one run; with --seeds, resume each seed_<s> folder with --seed s")
+    if resume:
+        if not (out / ".resume" / "state.json").is_file():
+            fail(f"{out}: nothing to resume (no checkpoint of an interrupted run there); run without --resume")
+        say(f"resuming the run in {out}")
+    elif previous_outputs(out):
         say(f"{out} holds an earlier run's outputs: they are replaced")
         clear_previous(out)
     reports = []
@@ -141,7 +170,10 @@ def run(
             say(f"--- seed {s} -> {target}")
         detector.clear_normals()
         reports.append(run_with_progress(detector, dataset, target, record, options, overlays=overlays,
-                                         prepare=prepare, warnings=list(warnings)))
+                                         prepare=prepare, warnings=list(warnings), resume=resume, workers=workers,
+                                         overlay_scale=overlay_scale,
+                                         vlm=dict(n=vlm_explain, model=vlm_model, base_url=vlm_base_url,
+                                                  fuse=vlm_fuse, rules=rules) if vlm_explain else None))
     if not any(r.rows for r in reports):
         raise typer.Exit(1)
     if len(seed_list) > 1:
@@ -149,3 +181,4 @@ def run(
                                   aggregate_seeds([r.metrics for r in reports]))
         _print_table(rows, f"mean ± std over seeds {','.join(map(str, seed_list))} - {detector.weights_label}")
         say(f"seed summary in {out}/metrics_seeds.{{json,csv,md}}")
+        write_html_report(out)

@@ -67,8 +67,14 @@ class ClipBackbone:
     # ------------------------------------------------------------------ text
     @property
     def fingerprint(self) -> str:
-        """Identity of the text tower's weights (cache key for text embeddings):
-        a blake2b digest of every text-tower tensor's name, shape and bytes."""
+        """Identity of the text tower's weights (cache key for text embeddings).
+
+        Weights from a file: the model name and the file's SHA-256 (itself remembered by
+        file identity, so a warm start hashes nothing).  Otherwise a blake2b digest of
+        every text-tower tensor's name, shape and bytes."""
+        if self._fingerprint is None and self.weights.sha256:
+            self._fingerprint = hashlib.blake2b(f"{self.weights.model_name}|file-sha256|{self.weights.sha256}".encode(),
+                                                digest_size=16).hexdigest()
         if self._fingerprint is None:
             h = hashlib.blake2b(digest_size=16)
             h.update(self.weights.model_name.encode())

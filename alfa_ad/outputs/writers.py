@@ -20,16 +20,16 @@ from PIL import Image
 
 from ..io.atomic import atomic_save_image, atomic_write_text
 from ..io.datasets import Sample
-from ..io.overlay import render_overlay
+from ..report.overlays import ClassOverlayWriter
 from ..results import DetectionResult
 from .tables import write_metric_files
 
 CSV_FIELDS = ("class", "path", "defect_type", "label", "score", "decision", "mask_area", "global_score", "map_max",
               "kept_normal", "kept_abnormal", "total_normal", "total_abnormal", "tiles", "descriptors", "method",
               "weights")
-OWNED_FILES = ("scores.csv", "scores.json", "metrics.json", "metrics.csv", "metrics.md", "metrics_seeds.json",
-               "metrics_seeds.csv", "metrics_seeds.md", "report.html")
-OWNED_FOLDERS = ("overlays", "masks", "report")
+OWNED_FILES = ("scores.csv", "scores.jsonl", "scores.json", "metrics.json", "metrics.csv", "metrics.md",
+               "metrics_seeds.json", "metrics_seeds.csv", "metrics_seeds.md", "report.html")
+OWNED_FOLDERS = ("overlays", "masks", "report_files", "class_stats", ".resume")
 
 
 def previous_outputs(out: Path) -> list[Path]:
@@ -49,8 +49,9 @@ def clear_previous(out: Path) -> int:
 
 
 def csv_row(sample: Sample, result: DetectionResult) -> dict[str, Any]:
+    """The row of one image: what scores.csv/.json hold (``key``: its overlay/mask name)."""
     row = {"class": sample.class_name, "path": str(sample.path), "defect_type": sample.defect_type,
-           "label": "" if sample.label is None else sample.label, **result.summary()}
+           "label": "" if sample.label is None else sample.label, **result.summary(), "key": sample.key}
     if result.descriptors:
         row["descriptors"] = [d.as_dict() for d in result.descriptors]
     return row
@@ -63,46 +64,70 @@ def _csv_value(key: str, value: Any) -> Any:
 
 
 class RunFiles:
-    """Writers of one run folder, all reading the one run ``record``."""
+    """Writers of one run folder, all reading the one run ``record``.
 
-    def __init__(self, out: Path, record: dict[str, Any], *, overlays: bool = True) -> None:
+    ``scores.csv`` and ``scores.jsonl`` (one typed JSON object per image) are appended
+    and flushed per image.  ``previous_rows``: rows of an interrupted run being resumed
+    (the files are rewritten with exactly those rows first).
+    """
+
+    def __init__(self, out: Path, record: dict[str, Any], *, overlays: bool = True, overlay_scale: str = "class",
+                 previous_rows: list[dict[str, Any]] | None = None) -> None:
         self.out = out
         self.record = record
         self.overlays = overlays
-        self.rows: list[dict[str, Any]] = []
+        self.overlay_scale = overlay_scale
+        self._maps: ClassOverlayWriter | None = None
+        self.rows: list[dict[str, Any]] = list(previous_rows or [])
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.banner = None if record["weights_source"]["source"] in ("pretrained", "checkpoint") else record["weights"]
         out.mkdir(parents=True, exist_ok=True)
         self._csv = open(out / "scores.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._jsonl = open(out / "scores.jsonl", "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._writer = csv.DictWriter(self._csv, fieldnames=CSV_FIELDS, extrasaction="ignore")
         self._writer.writeheader()
+        for row in self.rows:
+            self._append(row)
+        self._flush()
+
+    def _append(self, row: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        self._writer.writerow({k: _csv_value(k, v) for k, v in row.items()})
+        self._jsonl.write(json.dumps({**row, **(extra or {})}) + "\n")
+
+    def begin_class(self, class_name: str, thresholds: dict[str, Any] | None) -> None:
+        """Overlays of a class share one colour scale: they are rendered at :meth:`end_class`."""
+        self._maps = ClassOverlayWriter(self.out, class_name, scale=self.overlay_scale, render=self.overlays,
+                                        thresholds=thresholds, banner=self.banner)
+
+    def end_class(self) -> None:
+        if self._maps is not None:
+            self._maps.finish()
+            self.warnings += self._maps.warnings
+            self._maps = None
+
+    def _flush(self) -> None:
         self._csv.flush()
+        self._jsonl.flush()
 
     @property
     def header(self) -> dict[str, Any]:
         return {"alfa_ad_version": self.record["version"], "weights": self.record["weights"], "config": self.record}
 
     def add(self, sample: Sample, image: Image.Image, result: DetectionResult, truth: np.ndarray | None) -> None:
-        """Record one scored image: its CSV row now, its overlay and (when flagged) its mask."""
+        """Record one scored image: its rows now (the kept prompts go to scores.jsonl only,
+        keeping the in-memory row small), its mask when flagged, its map for the overlay."""
         row = csv_row(sample, result)
         self.rows.append(row)
-        self._writer.writerow({k: _csv_value(k, v) for k, v in row.items()})
-        self._csv.flush()
+        self._append(row, {"kept_prompts": result.kept_prompts, "kept_sources": result.kept_sources})
+        self._flush()
         if result.decision and result.mask is not None:
             atomic_save_image(self.out / "masks" / f"{sample.key}.png",
                               Image.fromarray(result.mask.astype(np.uint8) * 255))
-        if self.overlays:
-            amap = result.anomaly_map
-            lo, hi = float(amap.min()), float(amap.max())
-            text = f"score {result.score:.3f}"
-            if result.decision is not None:
-                text += " ANOMALOUS" if result.decision else " normal"
-            text += f" | colours span map range {lo:.3f}-{hi:.3f}" + (f" | {self.banner}" if self.banner else "")
-            atomic_save_image(self.out / "overlays" / f"{sample.key}.png",
-                              render_overlay(image, amap, vmin=lo, vmax=max(hi, lo + 1e-6), banner=text,
-                                             mask=truth if sample.label else None,
-                                             prediction=result.mask if result.decision else None))
+        if self._maps is None:
+            self.begin_class(sample.class_name, None)
+        self._maps.add(sample.key, sample.path, result.anomaly_map, truth if sample.label else None,
+                       score=result.score, image=image, decision=result.decision)
 
     def write(self, metrics: dict[str, dict], classes: dict[str, dict], seconds: float) -> None:
         """(Re)write scores.json and the metric files atomically."""
@@ -113,3 +138,20 @@ class RunFiles:
 
     def close(self) -> None:
         self._csv.close()
+        self._jsonl.close()
+
+
+def read_jsonl(path: Path, limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of a ``scores.jsonl`` (fewer when the file is shorter)."""
+    rows: list[dict[str, Any]] = []
+    if not path.is_file():
+        return rows
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if len(rows) >= limit:
+                break
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut by the interruption
+                break
+    return rows
