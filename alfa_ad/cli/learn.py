@@ -52,6 +52,8 @@ def learn_prompts_cmd(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
     weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test) or planted (test model)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice; 1 on a "
+                                          "busy machine: the steps are small and threads then mostly wait)."),
 ) -> None:
     """Learn normal and abnormal prompt context vectors (PromptAD-style) on the frozen model from
     k normal images per class; write the learned embeddings for 'alfa-ad run --learned FILE'."""
@@ -74,6 +76,12 @@ def learn_prompts_cmd(
     except ValueError as exc:
         fail(str(exc))
     check_device(device)
+    if threads is not None:
+        if threads < 1:
+            fail(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         wanted = resolve_classes(classes) if classes else None
         dataset, _ = discover(data, wanted, "object")
