@@ -79,7 +79,7 @@ class TextTower:
         return bool(torch.isinf(m[upper]).all() and (m[~upper] == 0).all())
 
     def encode(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Text embeddings ``(B, D)`` float32 from token embeddings ``x`` ``(B, L, W)``.
+        """Text embeddings ``(B, D)`` (float32, or float64 for a float64 tower) from token embeddings ``x`` ``(B, L, W)``.
 
         ``ids`` are the token ids the sequence was built from (for the EOT position).
         With a causal mask, tokens after the last EOT cannot change any EOT feature,
@@ -99,7 +99,7 @@ class TextTower:
         proj = getattr(t, "text_projection", None)
         if proj is not None:
             h = proj(h) if isinstance(proj, nn.Linear) else h @ proj
-        return h.float()
+        return h if h.dtype == torch.float64 else h.float()  # float64 kept (gradient checks)
 
 
 INITS = ("words", "random")
