@@ -78,6 +78,17 @@ def test_imported_embeddings_change_the_scores(tmp_path, planted_backbone):
     assert bad(img, "widget").score < bad(clean, "widget").score
 
 
+def test_kept_prompts_and_explanations_name_the_learned_source(tmp_path, planted_backbone):
+    path = tmp_path / "emb.pt"
+    torch.save(_cue_embeddings(planted_backbone), path)
+    det = Detector(planted_backbone, learned=str(path), llm_prompts=False, cache_dir=None)
+    r = det(spot_image(200, 320, seed=0)[0], "widget", explain=2)
+    kept = dict(zip(r.kept_prompts["abnormal"], r.kept_sources["abnormal"]))
+    assert kept and all((src == "learned") == p.startswith("learned:abnormal:") for p, src in kept.items())
+    assert r.descriptors and all(d.source == "learned" and d.text.startswith("learned:") for d in r.descriptors)
+    assert {d.side for d in r.descriptors} <= {"normal", "abnormal"}
+
+
 def test_safetensors_plain_file(tmp_path, planted_backbone):
     from safetensors.torch import save_file
 
