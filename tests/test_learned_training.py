@@ -165,8 +165,7 @@ ALIGNED = _Hand(["a photo of a flawless {}.", "a photo of a {}."], ["a photo of 
                                                                      "a photo of a {} with a defect."])
 
 
-@pytest.fixture(scope="module")
-def planted_eval():
+def planted_images():
     """Generated test images: red, green and blue squares on grey texture, and clean ones."""
     rng = np.random.default_rng(0)
     images, masks = [], []
@@ -181,6 +180,11 @@ def planted_eval():
         images.append(grey_texture(240, 240, seed=50 + j))
         masks.append(np.zeros((240, 240), dtype=bool))
     return images, masks
+
+
+@pytest.fixture(scope="module")
+def planted_eval():
+    return planted_images()
 
 
 def _aurocs(det: Detector, data) -> tuple[float, float]:
