@@ -33,6 +33,7 @@ class DetectorConfig:
     tile: str = "auto"
     prompts: str | None = None
     llm_prompts: bool = True
+    learned: str | None = None  # learned / imported prompt-embedding file (prompting/learned.py)
     batch_size: int = 8
     options: dict[str, Any] = field(default_factory=dict)
     few_shot_scorer: str = DEFAULT_FEW_SHOT_SCORER  # how queries meet the references (issue 17)

@@ -115,6 +115,10 @@ class Detector:
         self.backbone = backbone or load_backbone(config.model, config.pretrained, checkpoint=config.checkpoint,
                                                   weights=config.weights, seed=config.seed, device=config.device)
         self.config = replace(config, model=self.backbone.weights.model_name)
+        if self.config.learned:  # learned / imported prompt embeddings: one more source, checked against the model
+            from .prompting.learned import LearnedPromptSource
+
+            self.sources.append(LearnedPromptSource.load(self.config.learned, self.backbone))
         self.method = method_cls(self.backbone, tuple(self.config.scales), aligner=self.config.aligner,
                                  few_shot_scorer=self.config.few_shot_scorer, fusion=self.config.fusion,
                                  **self.config.options)
@@ -170,15 +174,28 @@ class Detector:
             ps = self.prompts(class_name)
             if not ps.normal or not ps.abnormal:
                 raise ValueError(f"class {class_name!r}: the prompt sources gave no normal or no abnormal prompt")
-            normal = self.text_cache.encode(self.backbone, ps.normal)
-            abnormal = self.text_cache.encode(self.backbone, ps.abnormal)
+            normal = self._embed(ps.normal, ps.embeddings)
+            abnormal = self._embed(ps.abnormal, ps.embeddings)
             self._text[class_name] = self.method.prepare_text(normal, abnormal)
         return self._text[class_name]
+
+    def _embed(self, prompts: Sequence[str], known: Mapping[str, Any]) -> torch.Tensor:
+        """Raw embeddings ``(N, D)`` of ``prompts``: those a source supplies (``known``, learned
+        prompts) as given, texts through the text encoder and its cache."""
+        texts = [p for p in prompts if p not in known]
+        encoded = dict(zip(texts, self.text_cache.encode(self.backbone, texts))) if texts else {}
+        rows = [torch.as_tensor(known[p]).float().cpu() if p in known else encoded[p] for p in prompts]
+        bad = [p for p, r in zip(prompts, rows) if r.shape != (self.backbone.embed_dim,)]
+        if bad:
+            raise ValueError(f"prompt {bad[0]!r}: embedding of shape {tuple(rows[prompts.index(bad[0])].shape)}, "
+                             f"but the model embeds text in {self.backbone.embed_dim} dimensions")
+        return torch.stack(rows) if rows else torch.zeros(0, self.backbone.embed_dim)
 
     def explanation_candidates(self, class_name: str) -> list[tuple[str, str, str]]:
         """``(text, side, source)`` of every description ``explain`` ranks: the descriptors of
         paper section 5.4 (side abnormal) and the normal and abnormal prompts of every
-        non-template source (LLM, learned text); template prompts explain nothing."""
+        non-template source (LLM; learned prompts by name, ``learned:abnormal:3``);
+        template prompts explain nothing."""
         out: list[tuple[str, str, str]] = []
         seen: set[str] = set()
         for s in self.sources:
@@ -201,7 +218,7 @@ class Detector:
         if class_name not in self._descriptors:
             items = self.explanation_candidates(class_name)
             texts = [t for t, _, _ in items]
-            emb = self.text_cache.encode(self.backbone, texts) if texts else torch.zeros(0, self.backbone.embed_dim)
+            emb = self._embed(texts, self.prompts(class_name).embeddings)
             self._descriptors[class_name] = (items, F.normalize(emb.float(), dim=-1))
         return self._descriptors[class_name]
 

@@ -266,6 +266,8 @@ def _class_facts(detector: Detector, class_name: str, prompt_name: str, options:
         facts["prompt_class"] = detector.prompt_classes[prompt_name]
     if "llm" not in facts["prompt_sources"] and any(s.name == "llm" for s in detector.sources):
         warnings.append(f"class {class_name!r}: no LLM prompts in the prompt libraries; templates only")
+    if "learned" not in facts["prompt_sources"] and any(s.name == "learned" for s in detector.sources):
+        warnings.append(f"class {class_name!r}: the learned-prompt file has no prompts for {prompt_name!r}")
     if options.explain:
         n = len(detector.explanation_candidates(prompt_name))
         if n == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import demo, doctor, explain, prompts, report, run, serve, weights  # noqa: F401  (each registers its commands)
 from . import ablate  # noqa: F401,E402  (alfa-ad ablate)
 from . import export  # noqa: F401,E402  (alfa-ad export)
+from . import learn  # noqa: F401  (alfa-ad learn-prompts)
 from .common import app, console, fail, say
 
 __all__ = ["app", "console", "fail", "say", "main"]

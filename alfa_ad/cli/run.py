@@ -54,6 +54,8 @@ def run(
     fusion: str = typer.Option("normalized", "--fusion", help="Few-shot fusion of the zero-shot and few-shot parts: "
                                "normalized (each part on its leave-one-out spread over the references; raw with one "
                                "reference) or raw (plain mean, as alfa-ad 0.1)."),
+    learned: Optional[Path] = typer.Option(None, "--learned", help="Learned prompt embeddings (alfa-ad learn-prompts) "
+                                           "or a plain normal/abnormal embedding file: one more prompt source."),
     text: bool = typer.Option(True, "--text/--no-text", help="ALFA few-shot: --no-text scores with the memory bank alone."),
     explain: int = typer.Option(0, "--explain", help="Write the top-N LLM descriptions per image."),
     model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model name (default {DEFAULT_MODEL}, or the "
@@ -141,7 +143,7 @@ def run(
             dataset.pop(c)
     detector = build_detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir,
                               batch_size, prompts, llm, anomalib_compat, text, tile, aligner,
-                              few_shot_scorer, fusion)
+                              few_shot_scorer, fusion, learned)
     for cls, lib in libs.items():
         detector.set_prompt_class(names.get(cls, cls), lib)
     if backend not in BACKENDS:

@@ -46,7 +46,8 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
                    seed: int, device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int,
                    prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False,
                    text: bool = True, tile: str = "auto", aligner: str = DEFAULT_ALIGNER,
-                   few_shot_scorer: str = "bank", fusion: str = "normalized"):
+                   few_shot_scorer: str = "bank", fusion: str = "normalized",
+                   learned: Optional[Path] = None):
     """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error."""
     from ..detector import Detector
     from ..model.weights import WeightsUnavailableError
@@ -65,6 +66,8 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         fail("--batch-size must be at least 1")
     if prompts is not None and not prompts.is_file():
         fail(f"{prompts}: prompt library not found")
+    if learned is not None and not learned.is_file():
+        fail(f"{learned}: learned-prompt file not found")
     try:
         parse_tile(tile)
     except ValueError as exc:
@@ -80,14 +83,19 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         options["use_text"] = False
     check_device(device)
     try:
-        return Detector(method=method, aligner=aligner, model=model, pretrained=pretrained,
-                        checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
-                        seed=seed, device=device, scales=_parse_ints(scales, "--scales"), tile=tile,
-                        cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,
-                        prompts=str(prompts) if prompts else None, llm_prompts=llm,
-                        few_shot_scorer=few_shot_scorer, fusion=fusion, **options)
+        detector = Detector(method=method, aligner=aligner, model=model, pretrained=pretrained,
+                            checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
+                            seed=seed, device=device, scales=_parse_ints(scales, "--scales"), tile=tile,
+                            cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,
+                            prompts=str(prompts) if prompts else None, llm_prompts=llm,
+                            few_shot_scorer=few_shot_scorer, fusion=fusion,
+                            learned=str(learned) if learned else None, **options)
     except (WeightsUnavailableError, LibraryError, ValueError) as exc:
         fail(str(exc))
+    for source in detector.sources:  # e.g. a plain embedding file that cannot be checked
+        for w in getattr(source, "warnings", []):
+            console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
+    return detector
 
 
 def name_map(spec: Optional[str], classes: list[str], option: str) -> dict[str, str]:

@@ -67,6 +67,9 @@ def build_record(detector, options: RunOptions, classes: list[str], prompt_count
     record["prompt_sources"] = list(dict.fromkeys(used))
     if cfg.prompts and "llm" in used:
         record["prompts_file"] = cfg.prompts
+    learned = [s.describe() for s in detector.sources if s.name == "learned" and hasattr(s, "describe")]
+    if learned:
+        record["learned_prompts"] = learned[0]
     record.update({"data": options.data, "classes": list(classes), "shots": options.shots})
     if options.class_names:
         record["class_names"] = dict(options.class_names)

@@ -3,22 +3,33 @@
 A prompt source turns a class name into normal and abnormal descriptions.  The
 template sources live in :mod:`.templates`; LLM-generated and learned prompts
 plug in as further sources with the same two-method shape.
+
+An entry is either a text, which the detector encodes with the CLIP text tower, or
+a *name* (``"learned:abnormal:3"``) whose raw text embedding the source supplies
+in :attr:`PromptSet.embeddings` (learned or imported prompt embeddings,
+:mod:`.learned`).  Everything downstream (run-time adaptation, kept prompts and
+their sources, explanations) treats both kinds alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, runtime_checkable
+from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
 class PromptSet:
-    """Normal and abnormal prompts for one class, each tagged with its source."""
+    """Normal and abnormal prompts for one class, each tagged with its source.
+
+    ``embeddings`` maps an entry of ``normal``/``abnormal`` to its precomputed raw
+    text embedding (a ``(D,)`` tensor); entries not in it are texts to encode.
+    """
 
     normal: tuple[str, ...]
     abnormal: tuple[str, ...]
     normal_sources: tuple[str, ...] = field(default=())
     abnormal_sources: tuple[str, ...] = field(default=())
+    embeddings: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if not self.normal_sources:
@@ -57,6 +68,7 @@ def combine(sets: Iterable[PromptSet]) -> PromptSet:
     abnormal: list[str] = []
     normal_src: list[str] = []
     abnormal_src: list[str] = []
+    embeddings: dict[str, Any] = {}
     for s in sets:
         seen_n, seen_a = set(normal), set(abnormal)
         for p, src in zip(s.normal, s.normal_sources):
@@ -67,4 +79,8 @@ def combine(sets: Iterable[PromptSet]) -> PromptSet:
             if p not in seen_a:
                 abnormal.append(p)
                 abnormal_src.append(src)
-    return PromptSet(tuple(normal), tuple(abnormal), tuple(normal_src), tuple(abnormal_src))
+        for name, emb in s.embeddings.items():
+            embeddings.setdefault(name, emb)
+    kept = set(normal) | set(abnormal)
+    embeddings = {k: v for k, v in embeddings.items() if k in kept}
+    return PromptSet(tuple(normal), tuple(abnormal), tuple(normal_src), tuple(abnormal_src), embeddings)
