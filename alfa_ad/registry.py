@@ -64,3 +64,8 @@ METHODS = Registry("method")
 METHODS.add("alfa", "alfa_ad.methods.alfa:AlfaMethod",
             "ALFA (run-time prompt adaptation, fine-grained aligner, eq. 12)")
 METHODS.add("winclip", "alfa_ad.methods.winclip:WinClipMethod", "WinCLIP / WinCLIP+ baseline")
+
+ENGINES = Registry("engine")
+ENGINES.add("local", "alfa_ad.engines.local:LocalEngine", "decode in threads, score in this process")
+ENGINES.add("ray", "alfa_ad.engines.ray_data:RayEngine",
+            'Ray Data: CPU decode tasks and a scoring actor pool, local or on a cluster (pip install "alfa-ad[ray]")')
