@@ -185,6 +185,7 @@ def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, rec
                       overlays: bool, prepare=None, warnings: list[str] | None = None, resume: bool = False,
                       workers: int | None = None, overlay_scale: str = "class", report_html: bool = True, engine=None):
     """Run ``engine`` (default: local) with a progress bar, then print warnings, facts and the table."""
+    from ..engines import EngineError
     from ..runner import run_dataset
 
     total = sum(len(v) for v in dataset.values())
@@ -204,6 +205,8 @@ def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, rec
             report = run_dataset(detector, dataset, out, record, options, overlays=overlays, warnings=warnings or [],
                                  prepare=prepare, on_progress=on_progress, on_error=on_error, resume=resume,
                                  workers=workers, overlay_scale=overlay_scale, engine=engine)
+        except EngineError as exc:
+            fail(f"--engine {engine.name}: {exc}")
         except ValueError as exc:
             if not resume:
                 raise

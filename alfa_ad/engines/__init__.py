@@ -87,6 +87,10 @@ class Engine:
         self.close()
 
 
+class EngineError(ValueError):
+    """An engine cannot run as configured (one line, shown by the CLI as an option error)."""
+
+
 class LostImagesError(RuntimeError):
     """An engine ended a class's stream without an item for some samples."""
 

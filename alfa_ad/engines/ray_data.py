@@ -28,7 +28,7 @@ import time
 import warnings
 from typing import Any, Iterable, Iterator
 
-from . import ClassJob, Engine, Scored
+from . import ClassJob, Engine, EngineError, Scored
 from .scorer import BatchScorer, actor_config, decode_batch
 from .state import capture
 
@@ -65,6 +65,7 @@ class RayEngine(Engine):
         self.started = False  # this engine started the Ray instance (and shuts it down)
         self.startup_seconds: float | None = None
         self.stats: dict[str, Any] = {}
+        self._state_ref: Any = None
 
     # ------------------------------------------------------------ instance
     def local_init_kwargs(self) -> dict[str, Any]:
@@ -96,9 +97,13 @@ class RayEngine(Engine):
     def pool_size(self) -> int:
         import ray
 
-        if self.workers is not None:
-            return self.workers
         resources = ray.cluster_resources()
+        if self.workers is not None:
+            cpus = resources.get("CPU", 0)
+            if self.gpus_per_worker == 0 and self.workers * self.cpus_per_worker >= cpus:
+                raise EngineError(f"--workers {self.workers} scoring actors take all {cpus:g} CPUs of the Ray instance "
+                                 "and leave none for decoding images; use fewer")
+            return self.workers
         if self.gpus_per_worker > 0:
             return max(1, int(resources.get("GPU", 0) // self.gpus_per_worker))
         return max(1, int(resources.get("CPU", 1)) - 1)
@@ -125,12 +130,16 @@ class RayEngine(Engine):
             yield job, self._class_stream(j, job, head, results)
         if head[0] is not None:
             raise RuntimeError(f"Ray returned a row of job {head[0]['job']} out of class order")
+        self._state_ref = None
 
     def _dataset(self, detector, rows: list[dict[str, Any]], classes: dict, explain: int):
         import ray
 
         batch = detector.batch_size
         pool = self.pool_size()
+        # the classes' state goes to the object store once; the driver holds the reference for
+        # the whole run, so an actor restarted after a crash can still read it
+        self._state_ref = ray.put(classes)
         blocks = max(1, min(len(rows) // batch + (len(rows) % batch > 0), 1000))
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         ds = ds.map_batches(decode_batch, batch_size=batch, num_cpus=1, batch_format="numpy")
@@ -140,7 +149,7 @@ class RayEngine(Engine):
                                 compute=ray.data.ActorPoolStrategy(size=pool),
                                 num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None,
                                 fn_constructor_kwargs={"config": actor_config(detector.config, self.gpus_per_worker),
-                                                       "classes": classes, "explain": explain},
+                                                       "classes": self._state_ref, "explain": explain},
                                 max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
         ctx = ds.context
         ctx.execution_options.preserve_order = True

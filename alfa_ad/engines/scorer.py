@@ -68,12 +68,18 @@ class BatchScorer:
     ``config``: the run's DetectorConfig as a dict (``Detector.from_config``) with the
     actor's device.  ``classes``: per job number, the object name in its prompts and its
     :class:`~alfa_ad.engines.state.ClassState` (prompt embeddings, memory bank,
-    thresholds) computed once on the driver.  The detector gets no prompt sources and a
+    thresholds) computed once on the driver, or a Ray object reference to that dict.  The detector gets no prompt sources and a
     text cache that refuses to encode, so nothing is recomputed here.
     """
 
-    def __init__(self, config: dict[str, Any], classes: dict[int, tuple[str, ClassState]], explain: int = 0) -> None:
+    def __init__(self, config: dict[str, Any], classes: dict[int, tuple[str, ClassState]] | Any, explain: int = 0
+                 ) -> None:
         from ..detector import Detector
+
+        if not isinstance(classes, dict):  # a Ray object reference to the driver's state
+            import ray
+
+            classes = ray.get(classes)
 
         self.detector = Detector.from_config(config, sources=[], cache_dir=None)
         self.detector.text_cache = NoTextEncoding()
