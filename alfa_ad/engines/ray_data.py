@@ -34,7 +34,7 @@ from .state import capture
 
 LOCAL_OBJECT_STORE_BYTES = 1 << 30  # a started local instance: 1 GiB of object store (spills to disk beyond)
 MAX_RESTARTS = 3  # a scoring actor that dies is restarted at most this many times ...
-MAX_TASK_RETRIES = 3  # ... and a batch it was scoring is retried at most this many times
+MAX_TASK_RETRIES = 3  # ... and a batch it was scoring (or a decode task) is retried at most this many times
 
 
 def ray_available() -> bool:
@@ -142,9 +142,10 @@ class RayEngine(Engine):
         self._state_ref = ray.put(classes)
         blocks = max(1, min(len(rows) // batch + (len(rows) % batch > 0), 1000))
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
-        ds = ds.map_batches(decode_batch, batch_size=batch, num_cpus=1, batch_format="numpy")
-        with warnings.catch_warnings():  # Ray 2.60 has no named parameter for these two yet
+        with warnings.catch_warnings():  # Ray 2.60 has no named parameter for the retry limits yet
             warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
+            ds = ds.map_batches(decode_batch, batch_size=batch, num_cpus=1, batch_format="numpy",
+                                max_retries=MAX_TASK_RETRIES)
             ds = ds.map_batches(BatchScorer, batch_size=batch, batch_format="numpy",
                                 compute=ray.data.ActorPoolStrategy(size=pool),
                                 num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None,
