@@ -363,6 +363,15 @@ class Detector:
     def __call__(self, image: Any, class_name: str = "object", explain: int = 0) -> DetectionResult:
         return self.predict([image], class_name, explain)[0]
 
+    # ------------------------------------------------------------ VLM second opinion (issue 15)
+    def explain(self, image: Any, class_name: str = "object", **options: Any) -> dict[str, Any]:
+        """A vision-language model's JSON verdict on ``image`` with our score and heat map;
+        ``options`` as :func:`alfa_ad.explain.vlm.explain_image` (``config=LLMConfig(...)``, normals, rules)."""
+        from .explain.vlm import explain_image
+
+        return explain_image(self, image, class_name, **options)
+    # ------------------------------------------------------------ end VLM second opinion
+
 
 def _source_mode(image: Any) -> str | None:
     """The stored mode of a path input (without decoding), of a PIL image, else None."""

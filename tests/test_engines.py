@@ -19,7 +19,6 @@ from alfa_ad.engines import LostImagesError, Scored, describe_error, in_order
 from alfa_ad.engines.local import LocalEngine
 from alfa_ad.engines.scorer import BatchScorer, decode_batch
 from alfa_ad.engines.state import capture
-from alfa_ad.io.datasets import Sample
 from alfa_ad.io.images import ImageLoadError, load_image
 from alfa_ad.outputs.record import RunOptions, build_record
 from alfa_ad.registry import ENGINES

@@ -75,6 +75,13 @@ def run(
                                               "ray://head:10001); default: start a local Ray instance."),
     overlay_scale: str = typer.Option("class", "--overlay-scale",
                                       help="class: one colour scale per class; image: each map's own range."),
+    vlm_explain: int = typer.Option(0, "--vlm-explain", help="Ask a vision-language model for a verdict on the N "
+                                    "highest-scoring images (OpenAI protocol; see alfa-ad explain)."),
+    vlm_model: Optional[str] = typer.Option(None, "--vlm-model", help="Vision model name for --vlm-explain."),
+    vlm_base_url: Optional[str] = typer.Option(None, "--vlm-base-url", help="Its endpoint (default $OPENAI_BASE_URL)."),
+    vlm_fuse: Optional[float] = typer.Option(None, "--vlm-fuse", help="Weight w in [0, 1]: scores.json's score of an "
+                                             "explained image becomes (1-w) score + w p_VLM (docs/method.md 1c)."),
+    rules: Optional[Path] = typer.Option(None, "--rules", help="Normality rules (text or YAML) for --vlm-explain."),
 ) -> None:
     """Score every test image under --data; write scores, overlays, masks and metrics to --out."""
     from ..prompting.llm import resolve_classes
@@ -135,6 +142,12 @@ def run(
     say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
     if workers is not None and workers < 1:
         fail("--workers must be at least 1")
+    if vlm_explain < 0 or (vlm_explain and not vlm_model):
+        fail("--vlm-explain N needs N >= 0 and --vlm-model NAME")
+    if vlm_fuse is not None and not (vlm_explain and 0.0 <= vlm_fuse <= 1.0):
+        fail("--vlm-fuse W needs --vlm-explain and W in [0, 1]")
+    if rules is not None and not rules.is_file():
+        fail(f"{rules}: --rules file not found")
     if overlay_scale not in ("class", "image"):
         fail(f"--overlay-scale must be class or image, got {overlay_scale!r}")
     if resume and len(seed_list) > 1:
@@ -166,7 +179,9 @@ def run(
             detector.clear_normals()
             reports.append(run_with_progress(detector, dataset, target, record, options, overlays=overlays,
                                              prepare=prepare, warnings=list(warnings), resume=resume, workers=workers,
-                                             overlay_scale=overlay_scale, engine=run_engine))
+                                             overlay_scale=overlay_scale, engine=run_engine,
+                                             vlm=dict(n=vlm_explain, model=vlm_model, base_url=vlm_base_url,
+                                                      fuse=vlm_fuse, rules=rules) if vlm_explain else None))
     if getattr(run_engine, "startup_seconds", None) is not None:
         say(f"{run_engine.name}: started in {run_engine.startup_seconds:.1f} s")
     if not any(r.rows for r in reports):

@@ -3,7 +3,6 @@ inputs before the model loads, planning references, and printing a run's outcome
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..io.datasets import Sample, train_images
 from ..io.images import InputError, iter_image_files
 from ..outputs.record import RunOptions
+from ..references import choose_references, few_shot_prepare as _few_shot_prepare  # noqa: F401
 from ..outputs.tables import metrics_table
 from ..registry import ENGINES, METHODS
 from .common import _parse_ints, _print_table, console, fail, say
@@ -149,41 +149,10 @@ def reference_pools(data: Path, normals: Optional[Path], classes: list[str], pla
     return pools
 
 
-def choose_references(pool: list[Path], shots: str, seed: int) -> list[Path]:
-    return list(pool) if shots == "all" else sorted(random.Random(seed).sample(pool, int(shots)))
-
-
-def few_shot_prepare(pools: dict[str, tuple[list[Path], str]], options: RunOptions, calibrate: Optional[Path]):
-    """``prepare`` for :func:`alfa_ad.runner.run_dataset`: fit references, calibrate."""
-
-    def prepare(detector, class_name: str, prompt_name: str) -> dict[str, Any]:
-        facts: dict[str, Any] = {}
-        if options.few_shot:
-            pool, where = pools[class_name]
-            chosen = choose_references(pool, options.shots, options.seed)
-            warns = detector.fit_normals(chosen, coreset=options.coreset, seed=options.seed)
-            facts.update({"references": [str(p) for p in chosen], "references_from": where,
-                          "memory_bank_size": detector.method.bank_size})
-            if warns:
-                facts["reference_warnings"] = warns
-            for w in warns:
-                console.print(f"[yellow]warning:[/] {escape(class_name)}: {escape(w)}", soft_wrap=True)
-        if calibrate is not None:
-            folder = calibrate / class_name if (calibrate / class_name).is_dir() else calibrate
-            facts["thresholds"] = detector.calibrate(iter_image_files(folder), prompt_name, options.fpr).as_dict()
-        elif options.calibrate == "leave-one-out":
-            if len(detector.normals) >= 2:
-                facts["thresholds"] = detector.calibrate(None, prompt_name, options.fpr).as_dict()
-            else:
-                facts["thresholds_skipped"] = "leave-one-out calibration needs at least 2 references"
-        return facts
-
-    return prepare
-
-
 def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, record: dict, options: RunOptions, *,
                       overlays: bool, prepare=None, warnings: list[str] | None = None, resume: bool = False,
-                      workers: int | None = None, overlay_scale: str = "class", report_html: bool = True, engine=None):
+                      workers: int | None = None, overlay_scale: str = "class", report_html: bool = True,
+                      vlm: dict | None = None, engine=None):
     """Run ``engine`` (default: local) with a progress bar, then print warnings, facts and the table."""
     from ..engines import EngineError
     from ..runner import run_dataset
@@ -236,9 +205,30 @@ def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, rec
         say(f"{report.resumed_rows} images were scored before the interruption and kept")
     say(f"{len(report.rows)} images scored, {len(report.errors) - skipped_classes} images skipped, "
         f"{skipped_classes} classes skipped, {report.seconds:.1f} s; outputs in {out} ({record['weights']})")
+    if vlm:
+        vlm_second_opinion(out, **vlm)
     if report_html:
         write_html_report(out)
     return report
+
+
+def vlm_second_opinion(out: Path, n: int, model: str, base_url: Optional[str], fuse: Optional[float],
+                       rules: Optional[Path]) -> None:
+    """``--vlm-explain``: verdicts of a vision-language model on the run's top-``n`` images,
+    written into scores.json; failures are reported per image, the run's files stay."""
+    from ..explain.vlm import vlm_explain_run
+    from ..prompting.client import LLMConfig, LLMError
+    from ..prompting.rules import RulesError, load_rules
+
+    try:
+        summary = vlm_explain_run(out, n, config=LLMConfig(model=model, base_url=base_url, max_tokens=512),
+                                  rules=load_rules(rules) if rules else None, fuse=fuse)
+    except (LLMError, RulesError, ValueError) as exc:
+        console.print(f"[yellow]warning:[/] --vlm-explain: {escape(str(exc))}", soft_wrap=True)
+        return
+    for err in summary["errors"]:
+        console.print(f"[yellow]vlm:[/] {escape(err)}", soft_wrap=True, highlight=False)
+    say(f"VLM verdicts for {summary['answered']} of {summary['asked']} images in {out / 'scores.json'}")
 
 
 def write_html_report(out: Path) -> None:
@@ -251,3 +241,12 @@ def write_html_report(out: Path) -> None:
         console.print(f"[yellow]warning:[/] report.html not written: {escape(str(exc))}", soft_wrap=True)
         return
     say(f"report: {out / 'report.html'}")
+
+
+def few_shot_prepare(pools: dict[str, tuple[list[Path], str]], options: RunOptions, calibrate: Optional[Path]):
+    """:func:`alfa_ad.references.few_shot_prepare` with its warnings printed."""
+
+    def warn(class_name: str, message: str) -> None:
+        console.print(f"[yellow]warning:[/] {escape(class_name)}: {escape(message)}", soft_wrap=True)
+
+    return _few_shot_prepare(pools, options, calibrate, on_warning=warn)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .metrics import PRO_FPR_LIMIT, PRO_STRUCTURE
+from .metrics import PRO_FPR_LIMIT, PRO_STRUCTURE, pro_segments_area
 
 N_BINS = 1 << 20
 
@@ -112,12 +112,4 @@ class StreamingPixelMetrics:
         u = np.flatnonzero(neg > 0)
         f_cur = fp_ge[u] / n_neg
         f_prev = (fp_ge[u] - neg[u]) / n_neg
-        p_cur, p_prev = pro_ge[u].copy(), pro_gt[u]
-        keep = f_prev < fpr_limit
-        f_prev, f_cur, p_prev, p_cur = f_prev[keep], f_cur[keep], p_prev[keep], p_cur[keep]
-        over = f_cur > fpr_limit
-        if over.any():
-            frac = (fpr_limit - f_prev[over]) / (f_cur[over] - f_prev[over])
-            p_cur[over] = p_prev[over] + (p_cur[over] - p_prev[over]) * frac
-            f_cur[over] = fpr_limit
-        return float(np.dot(f_cur - f_prev, (p_cur + p_prev) * 0.5) / fpr_limit)
+        return pro_segments_area(f_prev, f_cur, pro_gt[u], pro_ge[u], fpr_limit) / fpr_limit

@@ -57,6 +57,23 @@ def href(relative: str) -> str:
     return quote(relative, safe="/")
 
 
+def _vlm(row: dict[str, Any]) -> str:
+    """One line for a VLM second opinion (``alfa-ad run --vlm-explain``), or ""."""
+    vlm = row.get("vlm")
+    if not isinstance(vlm, dict):
+        return ""
+    if vlm.get("error"):
+        return f"VLM: no verdict ({vlm['error']})"
+    v = vlm.get("verdict") or {}
+    text = f"VLM {vlm.get('model', '')}: {'anomalous' if v.get('anomalous') else 'normal'}"
+    if isinstance(v.get("confidence"), (int, float)):
+        text += f" (confidence {v['confidence']:.2f})"
+    for k in ("defect_type", "location", "reason"):
+        if v.get(k):
+            text += f"; {k.replace('_', ' ')}: {v[k]}"
+    return text
+
+
 def _decision(row: dict[str, Any]) -> str:
     d = row.get("decision")
     if isinstance(d, bool):
@@ -100,6 +117,7 @@ def build_items(run: RunFolder, operating: dict[str, Operating],
             "margin": None if op.threshold is None or score is None else abs(score - op.threshold),
             "kept": [row.get(k) for k in ("kept_normal", "total_normal", "kept_abnormal", "total_abnormal")],
             "desc": _descriptors(row), "img": "", "thumb": "", "mask": "", "area": as_float(row.get("mask_area")),
+            "vlm": _vlm(row),
         }
         if overlay.is_file():
             item["img"] = href(f"overlays/{key}.png")

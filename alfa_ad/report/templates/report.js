@@ -74,6 +74,7 @@
     if (it.desc && it.desc.length)
       c.appendChild(list("ol", "top descriptors", () => it.desc.map((d) =>
         d[0] + (d[1] ? " [" + d[1] + "]" : "") + (d[2] === null ? "" : " (" + fmt(d[2], 3) + ")"))));
+    if (it.vlm) c.appendChild(el("div", { "class": "vlm" }, it.vlm));
     c.appendChild(el("div", { "class": "note" }, it.path));
     return c;
   }
