@@ -91,3 +91,8 @@ FEW_SHOT_SCORERS.add("residual", "alfa_ad.scoring.fewshot:ResidualScorer",
                      "InCTRL-style in-context residuals, training-free: multi-layer patch residuals after ln_post "
                      "+ image-level residual to the mean reference embedding")
 DEFAULT_FEW_SHOT_SCORER = "bank"
+
+ENGINES = Registry("engine")
+ENGINES.add("local", "alfa_ad.engines.local:LocalEngine", "decode in threads, score in this process")
+ENGINES.add("ray", "alfa_ad.engines.ray_data:RayEngine",
+            'Ray Data: CPU decode tasks and a scoring actor pool, local or on a cluster (pip install "alfa-ad[ray]")')

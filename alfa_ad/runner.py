@@ -1,8 +1,10 @@
-"""The local engine: score a dataset class by class, feeding every result to the run's files.
+"""A batch run: score a dataset class by class, feeding every result to the run's files.
 
-``run_dataset`` is the one result stream of a batch run.  Per class it fits
-references and thresholds (``prepare``); images are decoded ahead in worker threads
-(:func:`alfa_ad.pipeline.prefetch`), scored in batches, and each result is handed to
+``run_dataset`` is the one consumer of a batch run, whatever engine scores it
+(:mod:`alfa_ad.engines`: ``local`` in this process, ``ray`` on Ray Data).  Per class
+it fits references and thresholds (``prepare``) when the engine asks for the class;
+the engine decodes and scores the images and hands back (sample, result or error)
+items, which are put in dataset order (:func:`alfa_ad.engines.in_order`) and handed to
 one background writer thread that writes the score rows, overlays and masks
 (:class:`~alfa_ad.outputs.writers.RunFiles`) and accumulates the metrics in constant
 memory (:class:`~alfa_ad.evaluation.streaming.StreamingPixelMetrics`).  What stays in
@@ -14,22 +16,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .detector import Detector
+from .engines import ClassJob, Engine, Scored, in_order
+from .engines.local import LocalEngine
 from .evaluation.metrics import EVAL_SIZE, summarize
 from .evaluation.streaming import StreamingPixelMetrics
 from .io.datasets import Sample
-from .io.images import ImageLoadError, load_image, load_mask
+from .io.images import ImageLoadError, load_mask
 from .outputs import resume as checkpoints
 from .outputs.record import RunOptions
 from .outputs.tables import METRIC_TITLES, METRICS, mean_over  # noqa: F401  (re-exported)
 from .outputs.writers import CSV_FIELDS, RunFiles, read_jsonl  # noqa: F401  (re-exported)
-from .pipeline import BackgroundWriter, prefetch
+from .pipeline import BackgroundWriter
 
 
 @dataclass
@@ -131,6 +135,7 @@ def run_dataset(
     resume: bool = False,
     workers: int | None = None,
     overlay_scale: str = "class",
+    engine: Engine | None = None,
 ) -> RunReport:
     """Score every sample; every result goes to the run's files as it comes.
 
@@ -139,7 +144,11 @@ def run_dataset(
     ``ImageLoadError``/``ValueError`` there skips the class with the error recorded.
     ``resume``: continue from the last checkpoint in ``out`` (images already scored
     are not scored again; the metrics come out as if the run had not stopped).
+    ``engine``: where images are decoded and scored (default: the local engine with
+    ``workers`` decode threads); whatever it is, its results are taken here in dataset
+    order and written by the same code.
     """
+    engine = engine if engine is not None else LocalEngine(workers)
     saved = checkpoints.load(out) if resume else None
     state = saved[0] if saved else checkpoints.ResumeState()
     if saved and state.record_detector and state.record_detector != record.get("detector"):
@@ -166,9 +175,11 @@ def run_dataset(
         if on_error:
             on_error(message)
 
-    def record_one(ev: ClassEval, s: Sample, im, r) -> None:  # runs in the writer thread
-        truth = _mask_for(s, im.size, report.warnings) if s.label is not None else None
-        files.add(s, im, r, truth)
+    def record_one(ev: ClassEval, item: Scored) -> None:  # runs in the writer thread
+        s, r = item.sample, item.result
+        size = (r.anomaly_map.shape[1], r.anomaly_map.shape[0])  # the map has the image's size
+        truth = _mask_for(s, size, report.warnings) if s.label is not None else None
+        files.add(s, item.image, r, truth)
         ev.kept.append((len(r.kept_prompts["normal"]), len(r.kept_prompts["abnormal"])))
         if s.label is not None:
             ev.labels.append(s.label)
@@ -180,8 +191,8 @@ def run_dataset(
             state.errors = list(report.errors)
             checkpoints.save(out, state, ev.state())
 
-    t0 = time.perf_counter()
-    try:
+    def jobs() -> Iterator[ClassJob]:
+        """Classes to score, each prepared when the engine asks for it."""
         for class_name, samples in dataset.items():
             if class_name in state.finished:
                 continue
@@ -202,24 +213,23 @@ def run_dataset(
                     except (ImageLoadError, ValueError) as exc:
                         error(f"class {class_name!r} skipped: {exc}")
                         continue
+            yield ClassJob(class_name, name, samples, (ev, facts, first_row))
+
+    t0 = time.perf_counter()
+    try:
+        for job, stream in engine.run(detector, jobs(), options.explain):
+            class_name, samples, (ev, facts, first_row) = job.class_name, job.samples, job.context
             state.current, state.current_facts = class_name, facts
             checkpoints.save(out, state, ev.state())
             files.begin_class(class_name, facts.get("thresholds"))
-            total, done_count, batch = len(samples), 0, []
-            for s, im, exc in prefetch(lambda smp: load_image(smp.path), samples, workers=workers,
-                                       lookahead=2 * detector.batch_size):
-                if exc is not None:
-                    error(str(exc) if isinstance(exc, ImageLoadError) else f"{s.path}: {type(exc).__name__}: {exc}")
+            total = len(samples)
+            for done_count, item in enumerate(in_order(stream, total), 1):
+                if item.error is not None:
+                    error(item.error)
                 else:
-                    batch.append((s, im))
-                if len(batch) == detector.batch_size:
-                    _score(detector, batch, name, options.explain, writer, record_one, ev)
-                    batch = []
-                done_count += 1
-                if on_progress and (not batch or done_count == total):
+                    writer.submit(record_one, ev, item)
+                if on_progress:
                     on_progress(class_name, done_count, total)
-            if batch:
-                _score(detector, batch, name, options.explain, writer, record_one, ev)
             writer.flush()
             files.end_class()  # the class's overlays, on its one colour scale
             if on_progress:
@@ -247,13 +257,6 @@ def run_dataset(
         finally:
             files.close()
     return report
-
-
-def _score(detector: Detector, batch, name: str, explain: int, writer: BackgroundWriter, record_one,
-           ev: ClassEval) -> None:
-    results = detector.predict([im for _, im in batch], name, explain=explain)
-    for (s, im), r in zip(batch, results):
-        writer.submit(record_one, ev, s, im, r)
 
 
 def _class_facts(detector: Detector, class_name: str, prompt_name: str, options: RunOptions,

@@ -15,10 +15,10 @@ from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..outputs.record import RunOptions, build_record
 from ..outputs.tables import aggregate_seeds, write_seed_summary
 from ..outputs.writers import clear_previous, previous_outputs
-from ..registry import ALIGNERS, BACKENDS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, FEW_SHOT_SCORERS
+from ..registry import ALIGNERS, BACKENDS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, ENGINES, FEW_SHOT_SCORERS
 from .common import _parse_ints, _print_table, app, fail, say
-from .run_support import (build_detector, check_device, check_out, few_shot_prepare, name_map, reference_pools,
-                          run_with_progress, write_html_report)
+from .run_support import (build_detector, build_engine, check_device, check_out, few_shot_prepare, name_map,
+                          reference_pools, run_with_progress, write_html_report)
 
 # kept for callers of the earlier module layout
 _detector = build_detector
@@ -74,8 +74,14 @@ def run(
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write heat-map overlays."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: images already "
                                 "scored are skipped, metrics come out as if it had not stopped."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images ahead of the model "
-                                          "(default: min(4, CPUs))."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="local engine: threads decoding images ahead of "
+                                          "the model (default: min(4, CPUs)); ray engine: scoring actors (default: "
+                                          "one per GPU share, else CPUs - 1)."),
+    engine: str = typer.Option("local", "--engine", help=f"Where images are decoded and scored: {ENGINES.help()}."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="ray engine: GPUs per scoring "
+                                                    "actor (e.g. 1, or 0.5 for two actors per GPU; default 0: CPU)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray engine: a cluster to join (auto, "
+                                              "ray://head:10001); default: start a local Ray instance."),
     overlay_scale: str = typer.Option("class", "--overlay-scale",
                                       help="class: one colour scale per class; image: each map's own range."),
     vlm_explain: int = typer.Option(0, "--vlm-explain", help="Ask a vision-language model for a verdict on the N "
@@ -116,6 +122,7 @@ def run(
         fail("--seeds draws different references per seed; zero-shot has none to draw (use --shots k)")
     check_out(out)
     check_device(device)
+    run_engine = build_engine(engine, workers, gpus_per_worker, ray_address)
     try:
         wanted = resolve_classes(classes) if classes else None
         dataset, warnings = discover(data, wanted, "object")
@@ -180,27 +187,31 @@ def run(
         say(f"{out} holds an earlier run's outputs: they are replaced")
         clear_previous(out)
     reports = []
-    for s in seed_list:
-        options = RunOptions(data=str(data), shots=shots, seed=s, normals=str(normals) if normals else None,
-                             coreset=coreset if shots != "0" else None, explain=explain, class_names=names,
-                             prompt_classes=libs, seeds=list(seed_list) if len(seed_list) > 1 else None)
-        if calibrate is not None:
-            options.calibrate, options.fpr = str(calibrate), fpr
-        elif shots == "all" or int(shots) >= 2:
-            options.calibrate, options.fpr = "leave-one-out", fpr
-        prompt_counts = {c: detector.prompts(names.get(c, c)).sources for c in dataset}
-        record = build_record(detector, options, list(dataset), prompt_counts)
-        record["backend"] = detector.backend.describe() if detector.backend else {"backend": "torch"}
-        prepare = few_shot_prepare(pools, options, calibrate) if (shots != "0" or calibrate is not None) else None
-        target = out if len(seed_list) == 1 else out / f"seed_{s}"
-        if len(seed_list) > 1:
-            say(f"--- seed {s} -> {target}")
-        detector.clear_normals()
-        reports.append(run_with_progress(detector, dataset, target, record, options, overlays=overlays,
-                                         prepare=prepare, warnings=list(warnings), resume=resume, workers=workers,
-                                         overlay_scale=overlay_scale,
-                                         vlm=dict(n=vlm_explain, model=vlm_model, base_url=vlm_base_url,
-                                                  fuse=vlm_fuse, rules=rules) if vlm_explain else None))
+    with run_engine:  # a Ray instance it starts serves every seed, and is shut down here
+        for s in seed_list:
+            options = RunOptions(data=str(data), shots=shots, seed=s, normals=str(normals) if normals else None,
+                                 coreset=coreset if shots != "0" else None, explain=explain, class_names=names,
+                                 prompt_classes=libs, seeds=list(seed_list) if len(seed_list) > 1 else None,
+                                 engine=run_engine.name)
+            if calibrate is not None:
+                options.calibrate, options.fpr = str(calibrate), fpr
+            elif shots == "all" or int(shots) >= 2:
+                options.calibrate, options.fpr = "leave-one-out", fpr
+            prompt_counts = {c: detector.prompts(names.get(c, c)).sources for c in dataset}
+            record = build_record(detector, options, list(dataset), prompt_counts)
+            record["backend"] = detector.backend.describe() if detector.backend else {"backend": "torch"}
+            prepare = few_shot_prepare(pools, options, calibrate) if (shots != "0" or calibrate is not None) else None
+            target = out if len(seed_list) == 1 else out / f"seed_{s}"
+            if len(seed_list) > 1:
+                say(f"--- seed {s} -> {target}")
+            detector.clear_normals()
+            reports.append(run_with_progress(detector, dataset, target, record, options, overlays=overlays,
+                                             prepare=prepare, warnings=list(warnings), resume=resume, workers=workers,
+                                             overlay_scale=overlay_scale, engine=run_engine,
+                                             vlm=dict(n=vlm_explain, model=vlm_model, base_url=vlm_base_url,
+                                                      fuse=vlm_fuse, rules=rules) if vlm_explain else None))
+    if getattr(run_engine, "startup_seconds", None) is not None:
+        say(f"{run_engine.name}: started in {run_engine.startup_seconds:.1f} s")
     if not any(r.rows for r in reports):
         raise typer.Exit(1)
     if len(seed_list) > 1:

@@ -14,7 +14,7 @@ from ..io.images import InputError, iter_image_files
 from ..outputs.record import RunOptions
 from ..references import choose_references, few_shot_prepare as _few_shot_prepare  # noqa: F401
 from ..outputs.tables import metrics_table
-from ..registry import ALIGNERS, DEFAULT_ALIGNER, FEW_SHOT_SCORERS, METHODS
+from ..registry import ALIGNERS, DEFAULT_ALIGNER, ENGINES, FEW_SHOT_SCORERS, METHODS
 from .common import _parse_ints, _print_table, console, fail, say
 
 
@@ -98,6 +98,32 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
     return detector
 
 
+def build_engine(name: str, workers: Optional[int], gpus_per_worker: Optional[float], ray_address: Optional[str]):
+    """The ``--engine`` (not started yet) from CLI options; every problem is a one-line error."""
+    import inspect
+
+    if name not in ENGINES:
+        fail(f"--engine must be one of {', '.join(ENGINES.names())}, got {name!r}")
+    if workers is not None and workers < 1:
+        fail("--workers must be at least 1")
+    if gpus_per_worker is not None and gpus_per_worker < 0:
+        fail("--gpus-per-worker must be 0 or more")
+    cls = ENGINES.get(name)
+    options = {"workers": workers}
+    accepted = inspect.signature(cls).parameters
+    for key, flag, value in (("gpus_per_worker", "--gpus-per-worker", gpus_per_worker),
+                             ("address", "--ray-address", ray_address)):
+        if value is None:
+            continue
+        if key not in accepted:
+            fail(f"{flag} does not apply to --engine {name}")
+        options[key] = value
+    try:
+        return cls(**options)
+    except (ImportError, ValueError) as exc:
+        fail(f"--engine {name}: {exc}")
+
+
 def name_map(spec: Optional[str], classes: list[str], option: str) -> dict[str, str]:
     """``NAME`` (one class in the data) or ``folder=name,folder2=name2`` -> {folder: name}."""
     if not spec:
@@ -144,8 +170,9 @@ def reference_pools(data: Path, normals: Optional[Path], classes: list[str], pla
 def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, record: dict, options: RunOptions, *,
                       overlays: bool, prepare=None, warnings: list[str] | None = None, resume: bool = False,
                       workers: int | None = None, overlay_scale: str = "class", report_html: bool = True,
-                      vlm: dict | None = None):
-    """Run the local engine with a progress bar, then print warnings, facts and the table."""
+                      vlm: dict | None = None, engine=None):
+    """Run ``engine`` (default: local) with a progress bar, then print warnings, facts and the table."""
+    from ..engines import EngineError
     from ..runner import run_dataset
 
     total = sum(len(v) for v in dataset.values())
@@ -164,7 +191,9 @@ def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, rec
         try:
             report = run_dataset(detector, dataset, out, record, options, overlays=overlays, warnings=warnings or [],
                                  prepare=prepare, on_progress=on_progress, on_error=on_error, resume=resume,
-                                 workers=workers, overlay_scale=overlay_scale)
+                                 workers=workers, overlay_scale=overlay_scale, engine=engine)
+        except EngineError as exc:
+            fail(f"--engine {engine.name}: {exc}")
         except ValueError as exc:
             if not resume:
                 raise

@@ -32,6 +32,7 @@ class RunOptions:
     class_names: dict[str, str] = field(default_factory=dict)  # class folder -> object name in prompts
     prompt_classes: dict[str, str] = field(default_factory=dict)  # class folder -> prompt-library class
     seeds: list[int] | None = None
+    engine: str = "local"  # where images were decoded and scored (alfa_ad.registry.ENGINES)
 
     @property
     def few_shot(self) -> bool:
@@ -85,5 +86,6 @@ def build_record(detector, options: RunOptions, classes: list[str], prompt_count
         record["fpr"] = options.fpr
     if options.explain:
         record["explain"] = options.explain
+    record["engine"] = options.engine
     record["detector"] = cfg.as_dict()
     return record
