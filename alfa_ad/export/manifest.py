@@ -22,12 +22,16 @@ def visual_fingerprint(backbone) -> str:
     every ``visual.*`` tensor's name, shape and bytes."""
     if backbone.weights.sha256:
         return f"file-sha256:{backbone.weights.sha256}"
+    cached = getattr(backbone, "_visual_fingerprint", None)  # hashing a ViT-B image tower takes seconds
+    if cached is not None:
+        return cached
     h = hashlib.blake2b(digest_size=16)
     for name, t in sorted(backbone.clip.state_dict().items()):
         if name.startswith("visual."):
             h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
             h.update(t.detach().cpu().float().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "blake2b:" + h.hexdigest()
+    backbone._visual_fingerprint = "blake2b:" + h.hexdigest()
+    return backbone._visual_fingerprint
 
 
 def identity(detector) -> dict[str, Any]:
