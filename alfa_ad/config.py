@@ -37,7 +37,7 @@ class DetectorConfig:
     batch_size: int = 8
     options: dict[str, Any] = field(default_factory=dict)
     few_shot_scorer: str = DEFAULT_FEW_SHOT_SCORER  # how queries meet the references (issue 17)
-    fusion: str = "normalized"  # zero-shot + few-shot fusion: "normalized" (reference statistics) or "raw"
+    fusion: str = "raw"  # zero-shot + few-shot fusion: "raw" (0.1) or "normalized" (reference statistics)
 
     def __post_init__(self) -> None:
         METHODS.check(self.method)

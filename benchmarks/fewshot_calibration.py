@@ -3,7 +3,8 @@
     python benchmarks/fewshot_calibration.py --data ../shared/data/mpdd/metal_plate/train/good
     python benchmarks/fewshot_calibration.py --memory 200 --data ../shared/data/mpdd/metal_plate/train/good
 
-Random weights of the default model (speed and memory do not depend on weight values).
+Random weights of the default model (speed and memory do not depend on weight values);
+``--weights planted``: the small planted test model (width 64, 3 blocks).
 ``fit`` = ``Detector.fit_normals`` on every image of ``--data`` (``--shots all``), with the
 CLI's default coreset (4096); ``calibrate`` = ``Detector.calibrate(None)`` (leave-one-out
 over the references).  Wall seconds and CPU seconds (``time.process_time``, all threads:
@@ -65,12 +66,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--memory", type=int, default=0, help="fit this many normals and report held memory")
     ap.add_argument("--method", default="alfa")
+    ap.add_argument("--weights", default="random", help="random (default model) or planted (the small test model)")
     ap.add_argument("--coreset", type=int, default=4096)
     ap.add_argument("--extra", default="", help="extra Detector options, k=v,k=v (e.g. few_shot_scorer=residual)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     extra = dict(kv.split("=", 1) for kv in args.extra.split(",") if kv)
-    det = Detector(weights="random", method=args.method, cache_dir=None, llm_prompts=False, **extra)
+    det = Detector(weights=args.weights, method=args.method, cache_dir=None, llm_prompts=False, **extra)
     files = sorted(p for p in args.data.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     fit_kwargs = {"coreset": args.coreset, "seed": 0}
     if "class_name" in Detector.fit_normals.__code__.co_varnames:

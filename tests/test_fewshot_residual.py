@@ -92,11 +92,11 @@ def test_residual_scorer_alone_localizes_a_planted_cue(planted_backbone, spots, 
 
 
 def test_residual_scorer_with_text_and_normalized_fusion_localizes(planted_backbone, spots):
-    det = Detector(planted_backbone, cache_dir=None, few_shot_scorer="residual")
+    det = Detector(planted_backbone, cache_dir=None, few_shot_scorer="residual", fusion="normalized")
     det.fit_normals(_clean(3))
     assert det.fusion_statistics("widget") is not None
     assert _pixel_auroc(det, *spots) >= 0.95
-    one = Detector(planted_backbone, cache_dir=None, few_shot_scorer="residual")
+    one = Detector(planted_backbone, cache_dir=None, few_shot_scorer="residual", fusion="normalized")
     one.fit_normals(_clean(1))  # one reference: no leave-one-out statistics, raw fusion
     assert one.fusion_statistics("widget") is None
     assert _pixel_auroc(one, *spots) >= 0.95

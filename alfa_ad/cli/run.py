@@ -51,9 +51,9 @@ def run(
     llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts (ALFA)."),
     few_shot_scorer: str = typer.Option(DEFAULT_FEW_SHOT_SCORER, "--few-shot-scorer", help="How queries meet the "
                                         "references (docs/method.md section 7): " + FEW_SHOT_SCORERS.help() + "."),
-    fusion: str = typer.Option("normalized", "--fusion", help="Few-shot fusion of the zero-shot and few-shot parts: "
-                               "normalized (each part on its leave-one-out spread over the references; raw with one "
-                               "reference) or raw (plain mean, as alfa-ad 0.1)."),
+    fusion: str = typer.Option("raw", "--fusion", help="Few-shot fusion of the zero-shot and few-shot parts: raw "
+                               "(plain mean, as alfa-ad 0.1) or normalized (each part weighted by 1 / its leave-one-out "
+                               "spread over the references; raw with one reference)."),
     learned: Optional[Path] = typer.Option(None, "--learned", help="Learned prompt embeddings (alfa-ad learn-prompts) "
                                            "or a plain normal/abnormal embedding file: one more prompt source."),
     text: bool = typer.Option(True, "--text/--no-text", help="ALFA few-shot: --no-text scores with the memory bank alone."),

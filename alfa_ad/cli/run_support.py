@@ -46,7 +46,7 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
                    seed: int, device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int,
                    prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False,
                    text: bool = True, tile: str = "auto", aligner: str = DEFAULT_ALIGNER,
-                   few_shot_scorer: str = "bank", fusion: str = "normalized",
+                   few_shot_scorer: str = "bank", fusion: str = "raw",
                    learned: Optional[Path] = None):
     """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error."""
     from ..detector import Detector

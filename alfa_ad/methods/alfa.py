@@ -43,7 +43,7 @@ class AlfaMethod:
         aligner: str = DEFAULT_ALIGNER,
         contextual: bool = True,
         few_shot_scorer: str = "bank",
-        fusion: str = "normalized",
+        fusion: str = "raw",
     ) -> None:
         if text_projection is not None and text_projection not in TEXT_PROJECTIONS:
             raise ValueError(f"text_projection must be one of {TEXT_PROJECTIONS}")

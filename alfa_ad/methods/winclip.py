@@ -39,7 +39,7 @@ class WinClipMethod:
         anomalib_compat: bool = False,
         aligner: str = "masked",
         few_shot_scorer: str = "bank",
-        fusion: str = "normalized",
+        fusion: str = "raw",
         memory_layers=None,
     ) -> None:
         if anomalib_compat and aligner != "masked":
