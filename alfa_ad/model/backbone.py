@@ -26,7 +26,7 @@ from PIL import Image
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e31"
-WEIGHT_CHOICES = ("pretrained", "random", "planted")
+WEIGHT_CHOICES = ("pretrained", "random", "planted", "mini")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -38,7 +38,7 @@ class WeightsInfo:
     """Where the weights came from; printed on every output."""
 
     model_name: str
-    source: str  # "pretrained" | "checkpoint" | "random" | "planted" | "custom"
+    source: str  # "pretrained" | "checkpoint" | "random" | "planted" | "mini" | "custom"
     detail: str = ""
 
     @property
@@ -52,6 +52,10 @@ class WeightsInfo:
             return f"random weights ({self.model_name}, {self.detail}) - scores are not meaningful"
         if self.source == "planted":
             return f"planted weights (hand-constructed test model, {self.detail}) - not a real CLIP"
+        if self.source == "mini":  # mini-CLIP, alfa_ad/model/mini.py
+            from .mini import LABEL
+
+            return f"{LABEL} [{self.model_name}, {self.detail}]"
         if self.source == "custom":
             return f"custom weights ({self.model_name}{', ' + self.detail if self.detail else ''})"
         return f"{self.source} weights {self.model_name} ({self.detail})"
@@ -268,6 +272,9 @@ class ClipBackbone:
 def _create(model_name: str, pretrained: str | None):
     import open_clip
 
+    from .mini import register_config  # the mini-CLIP's config is findable by name
+
+    register_config()
     if model_name not in open_clip.list_models():
         raise ValueError(
             f"unknown open_clip model {model_name!r}; see open_clip.list_models() (default {DEFAULT_MODEL})"
@@ -290,7 +297,8 @@ def load_backbone(
     ``weights``: ``"pretrained"`` (open_clip downloads ``model_name``/``pretrained`` or uses
     its cache), ``"random"`` (seeded random initialisation: smoke tests only), or
     ``"planted"`` (the hand-constructed planted-alignment model of
-    :mod:`alfa_ad.model.planted`).  ``checkpoint`` loads a local state-dict file with
+    :mod:`alfa_ad.model.planted`), or ``"mini"`` (the mini-CLIP trained here on
+    synthetic scenes, :mod:`alfa_ad.model.mini`; not a real CLIP).  ``checkpoint`` loads a local state-dict file with
     ``weights_only=True`` into ``model_name``'s architecture and overrides ``weights``.
     """
     if weights not in WEIGHT_CHOICES:
@@ -308,6 +316,13 @@ def load_backbone(
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise WeightsUnavailableError(f"{path}: cannot load as {model_name} checkpoint ({msg})") from exc
         info = WeightsInfo(model_name, "checkpoint", f"{path.name}, sha256 {_sha256(path)[:12]}")
+        if model_name == "alfa-mini-clip":  # mini-CLIP architecture: labelled as such (alfa_ad/model/mini.py)
+            info = WeightsInfo(model_name, "mini", info.detail)
+        return ClipBackbone(clip, tokenizer, info, device, half)
+    if weights == "mini":  # --- mini-CLIP trained here (alfa_ad/model/mini.py) ---
+        from .mini import load_mini_clip
+
+        clip, tokenizer, info = load_mini_clip()
         return ClipBackbone(clip, tokenizer, info, device, half)
     if weights == "planted":
         from .planted import build_planted_clip

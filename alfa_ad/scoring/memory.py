@@ -24,7 +24,8 @@ def nearest_neighbour_distance(query: torch.Tensor, bank: torch.Tensor, chunk: i
     best = torch.full((q.shape[0],), -2.0, device=q.device)
     for s in range(0, b.shape[0], chunk):
         best = torch.maximum(best, (q @ b[s : s + chunk].T).amax(-1))
-    return ((1.0 - best) / 2.0).reshape(shape)
+    # clamped: rounding can put cos(q, b) a hair above 1, and a negative distance breaks harmonic means
+    return ((1.0 - best) / 2.0).clamp_min(0.0).reshape(shape)
 
 
 def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:
