@@ -3,77 +3,36 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .config import DetectorConfig
 from .io.images import load_image
-from .methods import METHODS
-from .model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipBackbone, load_backbone
 from .io.paths import default_cache_dir
+from .model.backbone import ClipBackbone
+from .model.factory import load_backbone
+from .model.preprocess import crop, image_to_tensor, resize_to_model
 from .model.text_cache import TextEmbeddingCache
 from .prompting import AlfaTemplateSource, PromptSet, PromptSource, WinClipEnsembleSource, combine
 from .prompting.library import LLMPromptSource, load_library
 from .prompting.templates import WINCLIP_TEMPLATES, WINCLIP_TEMPLATES_ANOMALIB
+from .registry import METHODS
+from .results import Descriptor, DetectionResult, Thresholds
+from .scoring.masks import defect_mask
+from .scoring.tiling import parse_tile, plan_tiles, stitch
 
+__all__ = ["Detector", "DetectionResult", "Thresholds", "detect", "default_sources", "shipped_libraries"]
 
-@dataclass
-class Thresholds:
-    """Decision thresholds derived from normal images at a target false-positive rate."""
-
-    image: float
-    pixel: float
-    fpr: float
-    n_images: int
-    source: str  # "leave-one-out over the references" or "calibration images"
-
-    def describe(self) -> str:
-        floor = 1.0 / (self.n_images + 1)
-        return (f"image threshold {self.image:.4f} and pixel threshold {self.pixel:.4f}: the (1 - {self.fpr:g}) "
-                f"quantiles of the scores of {self.n_images} normal images ({self.source}). With {self.n_images} "
-                f"normal images the image-level false-positive rate is only estimated to about 1/(n+1) = "
-                f"{floor:.2g}; a target below that is not guaranteed, and nothing is said about anomalies missed.")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "pixel": self.pixel, "fpr": self.fpr, "n_images": self.n_images,
-                "source": self.source, "description": self.describe()}
-
-
-@dataclass
-class DetectionResult:
-    """One image's result."""
-
-    score: float  # image anomaly score in [0, 1]
-    anomaly_map: np.ndarray  # (H, W) float32 in [0, 1], at the input image's size
-    global_score: float  # class-token score (eq. 10)
-    kept_prompts: dict[str, list[str]]  # {"normal": [...], "abnormal": [...]} used for this image
-    n_prompts: dict[str, int]  # totals before adaptation
-    method: str
-    weights: str  # weights label, says "random weights" when they are
-    decision: bool | None = None  # score > image threshold, when thresholds are calibrated
-    mask: np.ndarray | None = None  # anomaly_map > pixel threshold, when calibrated
-    descriptors: list[tuple[str, float]] = field(default_factory=list)  # top LLM descriptors (explain)
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready dict without the maps."""
-        return {
-            "score": self.score,
-            "global_score": self.global_score,
-            "map_max": float(self.anomaly_map.max()) if self.anomaly_map.size else 0.0,
-            "decision": "" if self.decision is None else ("anomalous" if self.decision else "normal"),
-            "kept_normal": len(self.kept_prompts["normal"]),
-            "kept_abnormal": len(self.kept_prompts["abnormal"]),
-            "total_normal": self.n_prompts["normal"],
-            "total_abnormal": self.n_prompts["abnormal"],
-            "method": self.method,
-            "weights": self.weights,
-        }
+BANK_CACHE_SIZE = 4  # fitted memory banks a Detector remembers (keyed by the references' content)
 
 
 def shipped_libraries() -> list[Path]:
@@ -95,8 +54,34 @@ def default_sources(method: str, anomalib_compat: bool = False, prompts: str | P
     return sources
 
 
+def content_key(images: Sequence[Any], extra: str = "") -> str:
+    """A digest of the references' content (file bytes, PIL pixels or array bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(extra.encode())
+    for im in images:
+        if isinstance(im, (str, os.PathLike)):
+            try:
+                h.update(Path(im).read_bytes())
+            except OSError:
+                h.update(f"unreadable:{im}".encode())  # load_image reports it when the bank is built
+        elif isinstance(im, Image.Image):
+            h.update(f"{im.mode}{im.size}".encode())
+            h.update(im.tobytes())
+        elif isinstance(im, np.ndarray):
+            h.update(f"{im.dtype}{im.shape}".encode())
+            h.update(np.ascontiguousarray(im).tobytes())
+        else:
+            h.update(repr(im).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
 class Detector:
     """Holds the model, the method and cached prompt embeddings for repeated calls.
+
+    Options are those of :class:`~alfa_ad.config.DetectorConfig`; keyword arguments
+    that are not config fields (``text_projection``, ``use_text``, ``anomalib_compat``,
+    ...) go to the method.  ``backbone`` reuses an already built model.
 
     >>> det = Detector(weights="planted")          # doctest: +SKIP
     >>> det("part.png", class_name="bottle").score  # doctest: +SKIP
@@ -106,49 +91,72 @@ class Detector:
         self,
         backbone: ClipBackbone | None = None,
         *,
-        method: str = "alfa",
-        model: str = DEFAULT_MODEL,
-        pretrained: str = DEFAULT_PRETRAINED,
-        checkpoint: str | Path | None = None,
-        weights: str = "pretrained",
-        seed: int = 0,
-        device: str | None = None,
-        scales: Sequence[int] = (2, 3),
+        config: DetectorConfig | None = None,
         sources: Sequence[PromptSource] | None = None,
-        prompts: str | Path | None = None,
-        llm_prompts: bool = True,
         cache_dir: str | Path | None | bool = True,
-        batch_size: int = 8,
-        **method_options: Any,
+        **options: Any,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        fields = set(DetectorConfig.__dataclass_fields__)
+        cfg_kwargs = {k: v for k, v in options.items() if k in fields}
+        method_options = {k: v for k, v in options.items() if k not in fields}
+        if config is None:
+            config = DetectorConfig(**cfg_kwargs)
+        elif cfg_kwargs:
+            config = replace(config, **cfg_kwargs)
+        if method_options:
+            config = replace(config, options={**config.options, **method_options})
+        parse_tile(config.tile)
+        method_cls = METHODS.get(config.method)
         if sources is None:
-            sources = default_sources(method, bool(method_options.get("anomalib_compat")), prompts, llm_prompts)
+            sources = default_sources(config.method, bool(config.options.get("anomalib_compat")), config.prompts,
+                                      config.llm_prompts)
         self.sources = list(sources)
-        self.backbone = backbone or load_backbone(
-            model, pretrained, checkpoint=checkpoint, weights=weights, seed=seed, device=device
-        )
-        self.method = METHODS[method](self.backbone, tuple(scales), **method_options)
+        self.backbone = backbone or load_backbone(config.model, config.pretrained, checkpoint=config.checkpoint,
+                                                  weights=config.weights, seed=config.seed, device=config.device)
+        self.config = replace(config, model=self.backbone.weights.model_name)
+        self.method = method_cls(self.backbone, tuple(self.config.scales), **self.config.options)
         directory = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.text_cache = TextEmbeddingCache(directory)
-        self.batch_size = batch_size
         self.thresholds: Thresholds | None = None
         self.normals: list[Image.Image] = []
         self._normal_features: list[Any] = []
+        self._normal_groups: list[list[int]] = []  # per reference image: its units (tiles) in the features
         self._fit_options: dict[str, Any] = {}
+        self._banks: OrderedDict[str, tuple] = OrderedDict()
+        self.prompt_classes: dict[str, str] = {}  # class name -> prompt-library class (``--prompt-class``)
         self._prompts: dict[str, PromptSet] = {}
         self._text: dict[str, Any] = {}
-        self._descriptors: dict[str, tuple[list[str], torch.Tensor]] = {}
+        self._descriptors: dict[str, tuple[list[tuple[str, str, str]], torch.Tensor]] = {}
+
+    @classmethod
+    def from_config(cls, record: DetectorConfig | Mapping[str, Any], **kwargs: Any) -> "Detector":
+        """Rebuild a detector from a :class:`DetectorConfig` or its dict (a run record's
+        ``detector`` entry); ``kwargs`` as for the constructor (``backbone``, ``cache_dir``)."""
+        config = record if isinstance(record, DetectorConfig) else DetectorConfig.from_dict(record)
+        return cls(config=config, **kwargs)
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
 
     @property
     def weights_label(self) -> str:
         return self.backbone.weights.label
 
     # ------------------------------------------------------------ prompts
+    def set_prompt_class(self, class_name: str, library_class: str) -> None:
+        """Let prompt libraries answer for ``class_name`` with their ``library_class`` entry
+        (a folder ``hazelnut_toy`` scored with the shipped ``hazelnut`` prompts, say)."""
+        self.prompt_classes[class_name] = library_class
+        for cache in (self._prompts, self._text, self._descriptors):
+            cache.pop(class_name, None)
+
+    def _source_class(self, source: PromptSource, class_name: str) -> str:
+        return self.prompt_classes.get(class_name, class_name) if hasattr(source, "library") else class_name
+
     def prompts(self, class_name: str) -> PromptSet:
         if class_name not in self._prompts:
-            self._prompts[class_name] = combine(s.prompts(class_name) for s in self.sources)
+            self._prompts[class_name] = combine(s.prompts(self._source_class(s, class_name)) for s in self.sources)
         return self._prompts[class_name]
 
     def _text_state(self, class_name: str):
@@ -161,20 +169,58 @@ class Detector:
             self._text[class_name] = self.method.prepare_text(normal, abnormal)
         return self._text[class_name]
 
-    def descriptors(self, class_name: str) -> list[str]:
-        """LLM descriptors of the class (paper section 5.4), from sources that have them."""
-        out: list[str] = []
+    def explanation_candidates(self, class_name: str) -> list[tuple[str, str, str]]:
+        """``(text, side, source)`` of every description ``explain`` ranks: the descriptors of
+        paper section 5.4 (side abnormal) and the normal and abnormal prompts of every
+        non-template source (LLM, learned text); template prompts explain nothing."""
+        out: list[tuple[str, str, str]] = []
+        seen: set[str] = set()
         for s in self.sources:
-            if hasattr(s, "descriptors"):
-                out += [d for d in s.descriptors(class_name) if d not in out]
+            name = self._source_class(s, class_name)
+            items = [(d, "abnormal", f"{s.name}-descriptor") for d in getattr(s, "descriptors", lambda c: [])(name)]
+            if s.name not in ("template", "winclip"):
+                ps = s.prompts(name)
+                items += [(t, "normal", s.name) for t in ps.normal] + [(t, "abnormal", s.name) for t in ps.abnormal]
+            for item in items:
+                if item[0] not in seen:
+                    seen.add(item[0])
+                    out.append(item)
         return out
 
-    def _descriptor_state(self, class_name: str) -> tuple[list[str], torch.Tensor]:
+    def descriptors(self, class_name: str) -> list[str]:
+        """The texts :meth:`explanation_candidates` offers for the class."""
+        return [t for t, _, _ in self.explanation_candidates(class_name)]
+
+    def _descriptor_state(self, class_name: str) -> tuple[list[tuple[str, str, str]], torch.Tensor]:
         if class_name not in self._descriptors:
-            texts = self.descriptors(class_name)
+            items = self.explanation_candidates(class_name)
+            texts = [t for t, _, _ in items]
             emb = self.text_cache.encode(self.backbone, texts) if texts else torch.zeros(0, self.backbone.embed_dim)
-            self._descriptors[class_name] = (texts, F.normalize(emb.float(), dim=-1))
+            self._descriptors[class_name] = (items, F.normalize(emb.float(), dim=-1))
         return self._descriptors[class_name]
+
+    # ------------------------------------------------------------ tiles
+    def _units(self, images: Sequence[Image.Image]) -> tuple[list[list[int]], list[tuple[int, Any]]]:
+        """Per image the indices of its units, and the units ``(image index, box or None)``."""
+        side = min(self.backbone.image_size)
+        groups, units = [], []
+        for i, im in enumerate(images):
+            boxes = plan_tiles(im.height, im.width, side, self.config.tile) or [None]
+            groups.append(list(range(len(units), len(units) + len(boxes))))
+            units += [(i, box) for box in boxes]
+        return groups, units
+
+    def _unit_batches(self, images: Sequence[Image.Image], units: list[tuple[int, Any]]):
+        """Model inputs for ``units``, ``batch_size`` at a time."""
+        tensors: dict[int, torch.Tensor] = {}
+        bb = self.backbone
+        for start in range(0, len(units), self.batch_size):
+            crops = []
+            for i, box in units[start : start + self.batch_size]:
+                if i not in tensors:
+                    tensors[i] = image_to_tensor(images[i])
+                crops.append(crop(tensors[i], box))
+            yield resize_to_model(crops, bb.image_size, bb.mean, bb.std, bb.device, bb.dtype)
 
     # ------------------------------------------------------------ few-shot
     def fit_normals(self, images: Sequence[Any], *, coreset: int | None = None, seed: int = 0) -> list[str]:
@@ -182,10 +228,21 @@ class Detector:
 
         Raises ``ImageLoadError`` naming a corrupt reference and ``ValueError`` when
         no image is given.  ``coreset`` bounds the bank (greedy k-center per layer).
+        References are tiled like test images.  The last :data:`BANK_CACHE_SIZE` banks
+        are remembered by the references' content, so fitting the same references again
+        costs no forward pass.
         """
         if not images:
             raise ValueError("fit_normals needs at least one normal reference image")
         self.thresholds = None  # thresholds belong to the bank they were calibrated with
+        options = {"coreset": coreset, "seed": seed}
+        key = content_key(images, f"{coreset}|{seed}|{self.config.tile}")
+        if key in self._banks:
+            self._banks.move_to_end(key)
+            self.normals, self._normal_features, self._normal_groups, bank, warnings = self._banks[key]
+            self._fit_options = options
+            self.method.import_bank(bank)
+            return list(warnings)
         pil = [load_image(im) for im in images]
         warnings = []
         sizes = sorted({im.size for im in pil})
@@ -195,16 +252,20 @@ class Detector:
         modes = {_source_mode(im) for im in images} - {None}
         if len(modes) > 1:
             warnings.append(f"normal references mix image modes {sorted(modes)}; all are converted to RGB")
-        batches = (self.backbone.preprocess(pil[i : i + self.batch_size]) for i in range(0, len(pil), self.batch_size))
-        self._normal_features = self.method.extract_normals(batches)
+        groups, units = self._units(pil)
+        self._normal_features = self.method.extract_normals(self._unit_batches(pil, units))
+        self._normal_groups = groups
         self.normals = pil
-        self._fit_options = {"coreset": coreset, "seed": seed}
-        self.method.set_normals(self._normal_features, **self._fit_options)
+        self._fit_options = options
+        self.method.set_normals(self._normal_features, **options)
+        self._banks[key] = (pil, self._normal_features, groups, self.method.export_bank(), tuple(warnings))
+        while len(self._banks) > BANK_CACHE_SIZE:
+            self._banks.popitem(last=False)
         return warnings
 
     def clear_normals(self) -> None:
         self.method.clear_normals()
-        self.normals, self._normal_features = [], []
+        self.normals, self._normal_features, self._normal_groups = [], [], []
         self.thresholds = None
 
     def calibrate(self, images: Sequence[Any] | None = None, class_name: str = "object", fpr: float = 0.01,
@@ -226,68 +287,90 @@ class Detector:
         else:
             if len(self.normals) < 2:
                 raise ValueError("leave-one-out calibration needs at least 2 normal references (fit_normals)")
-            feats = self._normal_features
-            order = np.random.default_rng(self._fit_options.get("seed", 0)).permutation(len(feats))
+            feats, groups = self._normal_features, self._normal_groups
+            order = np.random.default_rng(self._fit_options.get("seed", 0)).permutation(len(self.normals))
             results = []
+            bank = self.method.export_bank()
             try:
                 for i in order[:max_leave_one_out]:
-                    self.method.set_normals([f for j, f in enumerate(feats) if j != i], **self._fit_options)
+                    held = set(groups[i])
+                    self.method.set_normals([f for j, f in enumerate(feats) if j not in held], **self._fit_options)
                     results += self.predict([self.normals[i]], class_name)
             finally:
-                self.method.set_normals(feats, **self._fit_options)
+                self.method.import_bank(bank)
             source = "leave-one-out over the references"
         scores = np.array([r.score for r in results])
-        pixels = np.concatenate([r.anomaly_map[::4, ::4].ravel() for r in results])
+        maxima = np.array([r.anomaly_map.max() for r in results])
         self.thresholds = Thresholds(float(np.quantile(scores, 1 - fpr, method="higher")),
-                                     float(np.quantile(pixels, 1 - fpr, method="higher")), fpr, len(results), source)
+                                     float(np.quantile(maxima, 1 - fpr, method="higher")), fpr, len(results), source)
         return self.thresholds
 
     # ------------------------------------------------------------ scoring
     def predict(self, images: Sequence[Any], class_name: str = "object", explain: int = 0) -> list[DetectionResult]:
         """Score a batch of images (paths, PIL images or arrays) of one class.
 
-        ``explain``: also return the top-``explain`` LLM descriptors by similarity.
+        Large or elongated images are scored in tiles (``tile`` option, docs/method.md):
+        the map is the tent-weighted blend of the tiles' maps, the image score, the
+        class-token score, the kept prompts and the embedding come from the tile with the
+        highest score.  ``explain``: also return the top-``explain`` LLM descriptors.
         """
         pil = [load_image(im) for im in images]
         text = self._text_state(class_name)
         ps = self.prompts(class_name)
+        groups, units = self._units(pil)
+        outs = [self.method(pixels, text) for pixels in self._unit_batches(pil, units)]
+        cat = {name: torch.cat([getattr(o, name) for o in outs]) if outs and getattr(outs[0], name) is not None
+               else None for name in ("scores", "global_scores", "maps", "kept_normal", "kept_abnormal", "embeddings")}
         results: list[DetectionResult] = []
-        for start in range(0, len(pil), self.batch_size):
-            chunk = pil[start : start + self.batch_size]
-            out = self.method(self.backbone.preprocess(chunk), text)
-            for i, im in enumerate(chunk):
-                amap = F.interpolate(out.maps[i][None, None].float(), size=(im.height, im.width), mode="bilinear",
-                                     align_corners=False)[0, 0].clamp(0, 1).numpy().astype(np.float32)
-                kept_n = _select(ps.normal, None if out.kept_normal is None else out.kept_normal[i])
-                kept_a = _select(ps.abnormal, None if out.kept_abnormal is None else out.kept_abnormal[i])
-                score = float(out.scores[i])
-                th = self.thresholds
-                results.append(
-                    DetectionResult(
-                        score=score,
-                        anomaly_map=amap,
-                        global_score=float(out.global_scores[i]),
-                        kept_prompts={"normal": kept_n, "abnormal": kept_a},
-                        n_prompts={"normal": len(ps.normal), "abnormal": len(ps.abnormal)},
-                        method=self.method.name,
-                        weights=self.weights_label,
-                        decision=None if th is None else score > th.image,
-                        mask=None if th is None else amap > th.pixel,
-                        descriptors=self._top_descriptors(out.embeddings[i], class_name, explain) if explain else [],
-                    )
-                )
+        for im, group in zip(pil, groups):
+            j = group[int(cat["scores"][group].argmax())]
+            if units[group[0]][1] is None:
+                amap = F.interpolate(cat["maps"][j][None, None].float(), size=(im.height, im.width),
+                                     mode="bilinear", align_corners=False)[0, 0]
+            else:
+                amap = stitch(cat["maps"][group], [units[g][1] for g in group], (im.height, im.width))
+            amap = amap.clamp(0, 1).numpy().astype(np.float32)
+            score = float(cat["scores"][j])
+            keep_n = None if cat["kept_normal"] is None else cat["kept_normal"][j]
+            keep_a = None if cat["kept_abnormal"] is None else cat["kept_abnormal"][j]
+            th = self.thresholds
+            results.append(DetectionResult(
+                score=score,
+                anomaly_map=amap,
+                global_score=float(cat["global_scores"][j]),
+                kept_prompts={"normal": _select(ps.normal, keep_n), "abnormal": _select(ps.abnormal, keep_a)},
+                kept_sources={"normal": _select(ps.normal_sources, keep_n),
+                              "abnormal": _select(ps.abnormal_sources, keep_a)},
+                n_prompts={"normal": len(ps.normal), "abnormal": len(ps.abnormal)},
+                method=self.method.name,
+                weights=self.weights_label,
+                decision=None if th is None else score > th.image,
+                mask=None if th is None else (defect_mask(amap, th.pixel) if score > th.image
+                                              else np.zeros(amap.shape, dtype=bool)),
+                descriptors=self._top_descriptors(cat["embeddings"][j], class_name, explain) if explain else [],
+                tiles=len(group) if units[group[0]][1] is not None else 1,
+            ))
         return results
 
-    def _top_descriptors(self, embedding: torch.Tensor, class_name: str, top: int) -> list[tuple[str, float]]:
-        texts, emb = self._descriptor_state(class_name)
-        if not texts:
+    def _top_descriptors(self, embedding: torch.Tensor, class_name: str, top: int) -> list[Descriptor]:
+        items, emb = self._descriptor_state(class_name)
+        if not items:
             return []
         sims = emb @ F.normalize(embedding.float(), dim=-1)
         order = sims.argsort(descending=True)[:top]
-        return [(texts[int(i)], float(sims[i])) for i in order]
+        return [Descriptor(*items[int(i)], float(sims[i])) for i in order]
 
     def __call__(self, image: Any, class_name: str = "object", explain: int = 0) -> DetectionResult:
         return self.predict([image], class_name, explain)[0]
+
+    # ------------------------------------------------------------ VLM second opinion (issue 15)
+    def explain(self, image: Any, class_name: str = "object", **options: Any) -> dict[str, Any]:
+        """A vision-language model's JSON verdict on ``image`` with our score and heat map;
+        ``options`` as :func:`alfa_ad.explain.vlm.explain_image` (``config=LLMConfig(...)``, normals, rules)."""
+        from .explain.vlm import explain_image
+
+        return explain_image(self, image, class_name, **options)
+    # ------------------------------------------------------------ end VLM second opinion
 
 
 def _source_mode(image: Any) -> str | None:
@@ -317,18 +400,20 @@ def _cached_detector(options: tuple[tuple[str, Any], ...]) -> Detector:
 def detect(image: Any, class_name: str = "object", normals: Sequence[Any] | None = None, **options: Any) -> DetectionResult:
     """Score one image; ``options`` are :class:`Detector` keyword arguments.
 
-    ``normals``: normal reference images for few-shot scoring (a fresh detector each
-    call; hold a :class:`Detector` and call ``fit_normals`` once for repeated use).
-    Otherwise the detector for a given set of (hashable) options is built once and reused;
-    options that cannot be hashed (e.g. prompt-source objects) build a fresh one.
+    The detector for a given set of (hashable) options is built once and reused (the
+    last 4 option sets); options that cannot be hashed (prompt-source objects, say)
+    build a fresh one.  ``normals``: normal reference images for few-shot scoring; the
+    memory bank is remembered by the references' content (the last few sets), so a
+    repeated call with the same references runs no forward pass on them.
     """
-    if normals:
-        detector = Detector(**options)
-        detector.fit_normals(normals)
-        return detector(image, class_name)
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
     try:
         hash(frozen)
+        detector = _cached_detector(frozen)
     except TypeError:
-        return Detector(**options)(image, class_name)
-    return _cached_detector(frozen)(image, class_name)
+        detector = Detector(**options)
+    if normals:
+        detector.fit_normals(normals)
+    else:
+        detector.clear_normals()
+    return detector(image, class_name)

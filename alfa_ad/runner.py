@@ -1,10 +1,16 @@
-"""Batch runs over a dataset: scores, overlays and metrics written as they come."""
+"""The local engine: score a dataset class by class, feeding every result to the run's files.
+
+``run_dataset`` is the one result stream of a batch run.  Per class it fits
+references and thresholds (``prepare``); images are decoded ahead in worker threads
+(:func:`alfa_ad.pipeline.prefetch`), scored in batches, and each result is handed to
+one background writer thread that writes the score rows, overlays and masks
+(:class:`~alfa_ad.outputs.writers.RunFiles`) and accumulates the metrics in constant
+memory (:class:`~alfa_ad.evaluation.streaming.StreamingPixelMetrics`).  What stays in
+memory per image is its score row (about 1 KB).
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,108 +19,60 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from . import __version__
-from .detector import DetectionResult, Detector
+from .detector import Detector
 from .evaluation.metrics import EVAL_SIZE, summarize
-from .io.atomic import atomic_save_image, atomic_write_text
+from .evaluation.streaming import StreamingPixelMetrics
 from .io.datasets import Sample
 from .io.images import ImageLoadError, load_image, load_mask
-from .io.overlay import render_overlay
-
-CSV_FIELDS = ("class", "path", "defect_type", "label", "score", "decision", "global_score", "map_max",
-              "kept_normal", "kept_abnormal", "total_normal", "total_abnormal", "method", "weights")
-METRICS = ("image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pro", "pixel_f1_max")
-METRIC_TITLES = {"image_auroc": "img AUROC", "image_aupr": "img AUPR", "image_f1_max": "img F1-max",
-                 "pixel_auroc": "px AUROC", "pro": "PRO", "pixel_f1_max": "px F1-max"}
+from .outputs import resume as checkpoints
+from .outputs.record import RunOptions
+from .outputs.tables import METRIC_TITLES, METRICS, mean_over  # noqa: F401  (re-exported)
+from .outputs.writers import CSV_FIELDS, RunFiles, read_jsonl  # noqa: F401  (re-exported)
+from .pipeline import BackgroundWriter, prefetch
 
 
 @dataclass
 class ClassEval:
-    """What one class contributes to metrics (maps and masks at EVAL_SIZE)."""
+    """What one class contributes to metrics: image labels and scores, and pixel
+    histograms (maps and masks at EVAL_SIZE)."""
 
     labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
-    maps: list[np.ndarray] = field(default_factory=list)
-    masks: list[np.ndarray] = field(default_factory=list)
+    pixels: StreamingPixelMetrics = field(default_factory=StreamingPixelMetrics)
+    kept: list[tuple[int, int]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float | None]:
-        masks = np.stack(self.masks) if self.masks else None
-        maps = np.stack(self.maps) if self.maps else None
-        return summarize(self.labels, self.scores, masks, maps)
+        out = summarize(self.labels, self.scores, None, None)
+        out.update(self.pixels.metrics())
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"labels": np.array(self.labels, dtype=np.int64), "scores": np.array(self.scores),
+                "kept": np.array(self.kept, dtype=np.int64).reshape(-1, 2), **self.pixels.state()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> "ClassEval":
+        return cls([int(v) for v in state["labels"]], [float(v) for v in state["scores"]],
+                   StreamingPixelMetrics.from_state(state), [tuple(map(int, k)) for k in state["kept"]])
 
 
 @dataclass
 class RunReport:
+    """What a run did: its record, rows, errors, warnings, metrics and per-class facts."""
+
     out: Path
     config: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    classes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-class facts: prompts, thresholds
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
-
-    def write(self) -> None:
-        """(Re)write scores.csv/json and metrics.json/csv/md atomically."""
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.out / "scores.csv", buf.getvalue())
-        header = {"alfa_ad_version": __version__, "weights": self.config.get("weights"), "config": self.config}
-        atomic_write_text(self.out / "scores.json", json.dumps(
-            {**header, "images": self.rows, "errors": self.errors, "warnings": self.warnings}, indent=1))
-        if not self.metrics:  # nothing measurable: no stale metrics of an earlier run may stay
-            for name in ("metrics.json", "metrics.csv", "metrics.md"):
-                (self.out / name).unlink(missing_ok=True)
-            return
-        atomic_write_text(self.out / "metrics.json", json.dumps(
-            {**header, "metrics": self.metrics, "mean": self.mean_metrics(), "classes": self.classes,
-             "n_images": len(self.rows), "n_errors": len(self.errors), "seconds": round(self.seconds, 2)}, indent=1))
-        table = metrics_table(self.metrics, self.mean_metrics())
-        buf = io.StringIO()
-        csv.writer(buf).writerows(table)
-        atomic_write_text(self.out / "metrics.csv", buf.getvalue())
-        atomic_write_text(self.out / "metrics.md", markdown_table(table, self.config))
+    resumed_rows: int = 0
 
     def mean_metrics(self) -> dict[str, float | None]:
         return mean_over(self.metrics.values())
-
-
-def mean_over(items) -> dict[str, float | None]:
-    """Mean of each metric over the classes where it is defined (None if nowhere)."""
-    items = list(items)
-    out: dict[str, float | None] = {}
-    for name in METRICS:
-        vals = [m[name] for m in items if m.get(name) is not None]
-        out[name] = float(np.mean(vals)) if vals else None
-    return out
-
-
-def fmt(value: float | None, std: float | None = None) -> str:
-    if value is None:
-        return "undefined"
-    return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
-
-
-def metrics_table(per_class: dict[str, dict], mean: dict | None) -> list[list[str]]:
-    """Rows ``[class, metric...]`` in percent, plus a ``mean`` row when there are several classes."""
-    rows = [["class", *[METRIC_TITLES[m] for m in METRICS]]]
-    for cls, m in per_class.items():
-        rows.append([cls, *[fmt(m.get(k)) for k in METRICS]])
-    if mean is not None and len(per_class) > 1:
-        rows.append(["mean", *[fmt(mean.get(k)) for k in METRICS]])
-    return rows
-
-
-def markdown_table(rows: list[list[str]], config: dict[str, Any]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    cfg = ", ".join(f"{k}: {v}" for k, v in config.items() if k not in ("weights_source",))
-    return (f"# alfa-ad results\n\nWeights: {config.get('weights')}\n\n" + "\n".join(lines)
-            + f"\n\nValues in percent. Configuration: {cfg}\n")
 
 
 def _eval_resize(amap: np.ndarray) -> np.ndarray:
@@ -122,7 +80,7 @@ def _eval_resize(amap: np.ndarray) -> np.ndarray:
     return F.interpolate(t, size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _mask_for(sample: Sample, size: tuple[int, int], report: RunReport) -> np.ndarray | None:
+def _mask_for(sample: Sample, size: tuple[int, int], warnings: list[str]) -> np.ndarray | None:
     """Ground truth at the image's (W, H) size: zeros for good images, None when unknown."""
     if sample.label == 0:
         return np.zeros((size[1], size[0]), dtype=bool)
@@ -131,136 +89,188 @@ def _mask_for(sample: Sample, size: tuple[int, int], report: RunReport) -> np.nd
     try:
         mask = load_mask(sample.mask_path)
     except ImageLoadError as exc:
-        report.warnings.append(f"{exc}; image counted for image metrics only")
+        warnings.append(f"{exc}; image counted for image metrics only")
         return None
     if mask.shape != (size[1], size[0]):
-        report.warnings.append(f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                               f"{size[0]}x{size[1]}; image counted for image metrics only")
+        warnings.append(f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                        f"{size[0]}x{size[1]}; image counted for image metrics only")
         return None
     return mask
 
 
-Prepare = Callable[[Detector, str], dict[str, Any]]
+def decision_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int] | None:
+    """Counts at the calibrated threshold: flagged of decided, and the confusion matrix
+    where labels are known.  None when no image has a decision."""
+    decided = [r for r in rows if r.get("decision")]
+    if not decided:
+        return None
+    flagged = [r["decision"] == "anomalous" for r in decided]
+    out = {"images": len(decided), "flagged": int(sum(flagged))}
+    labelled = [(r["label"], f) for r, f in zip(decided, flagged) if r.get("label") in (0, 1)]
+    if labelled:
+        out.update(tp=sum(lab == 1 and f for lab, f in labelled), fp=sum(lab == 0 and f for lab, f in labelled),
+                   tn=sum(lab == 0 and not f for lab, f in labelled), fn=sum(lab == 1 and not f for lab, f in labelled))
+    return out
+
+
+Prepare = Callable[[Detector, str, str], dict[str, Any]]
 
 
 def run_dataset(
     detector: Detector,
     dataset: dict[str, list[Sample]],
     out: Path,
-    config: dict[str, Any],
+    record: dict[str, Any],
+    options: RunOptions,
     *,
     overlays: bool = True,
-    explain: int = 0,
     warnings: Sequence[str] = (),
     prepare: Prepare | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     on_error: Callable[[str], None] | None = None,
+    resume: bool = False,
+    workers: int | None = None,
+    overlay_scale: str = "class",
 ) -> RunReport:
-    """Score every sample, writing overlays as it goes and score files after every class.
+    """Score every sample; every result goes to the run's files as it comes.
 
-    ``warnings`` (e.g. from dataset discovery) go into every written report.
-    ``prepare(detector, class_name)`` runs before each class (few-shot: fit the
-    memory bank, calibrate) and returns facts for the report; raising
+    ``prepare(detector, class_folder, prompt_name)`` runs before each class (few-shot:
+    fit the memory bank, calibrate) and returns facts for the report; raising
     ``ImageLoadError``/``ValueError`` there skips the class with the error recorded.
+    ``resume``: continue from the last checkpoint in ``out`` (images already scored
+    are not scored again; the metrics come out as if the run had not stopped).
     """
-    out.mkdir(parents=True, exist_ok=True)
-    report = RunReport(out, config, warnings=list(warnings))
-    banner = None if detector.backbone.weights.meaningful else detector.weights_label
+    saved = checkpoints.load(out) if resume else None
+    state = saved[0] if saved else checkpoints.ResumeState()
+    if saved and state.record_detector and state.record_detector != record.get("detector"):
+        raise ValueError(f"{out}: --resume with other detector options than the interrupted run "
+                         "(compare its scores.json config); run without --resume to start again")
+    prev_rows = read_jsonl(out / "scores.jsonl", state.rows) if saved else []
+    state.rows = len(prev_rows)
+    state.record_detector = dict(record.get("detector") or {})
+    files = RunFiles(out, record, overlays=overlays, overlay_scale=overlay_scale, previous_rows=prev_rows)
+    files.warnings += list(warnings)
+    files.errors += state.errors
+    report = RunReport(out, record, rows=files.rows, errors=files.errors, warnings=files.warnings,
+                       resumed_rows=len(prev_rows))
+    for cls, done in state.finished.items():
+        report.classes[cls] = done["facts"]
+        if done.get("metrics"):
+            report.metrics[cls] = done["metrics"]
+    writer = BackgroundWriter(maxsize=2 * detector.batch_size)
+
+    def error(message: str) -> None:
+        if message in report.errors:  # reported before an interruption, met again on resume
+            return
+        report.errors.append(message)
+        if on_error:
+            on_error(message)
+
+    def record_one(ev: ClassEval, s: Sample, im, r) -> None:  # runs in the writer thread
+        truth = _mask_for(s, im.size, report.warnings) if s.label is not None else None
+        files.add(s, im, r, truth)
+        ev.kept.append((len(r.kept_prompts["normal"]), len(r.kept_prompts["abnormal"])))
+        if s.label is not None:
+            ev.labels.append(s.label)
+            ev.scores.append(r.score)
+            if truth is not None:
+                ev.pixels.add(_eval_resize(truth.astype(np.float32)) >= 0.5, _eval_resize(r.anomaly_map))
+        state.rows = len(report.rows)
+        if len(ev.kept) % checkpoints.CHECKPOINT_EVERY == 0:
+            state.errors = list(report.errors)
+            checkpoints.save(out, state, ev.state())
+
     t0 = time.perf_counter()
-    for class_name, samples in dataset.items():
-        facts: dict[str, Any] = {"prompt_sources": detector.prompts(class_name).sources}
-        if "llm" not in facts["prompt_sources"] and any(s.name == "llm" for s in detector.sources):
-            report.warnings.append(f"class {class_name!r}: no LLM prompts in the prompt libraries; "
-                                   "templates only")
-        if prepare is not None:
-            try:
-                facts.update(prepare(detector, class_name))
-            except (ImageLoadError, ValueError) as exc:
-                report.errors.append(f"class {class_name!r} skipped: {exc}")
-                if on_error:
-                    on_error(report.errors[-1])
+    try:
+        for class_name, samples in dataset.items():
+            if class_name in state.finished:
                 continue
-        ev = ClassEval()
-        kept: list[tuple[int, int]] = []
-        done = 0
-        for start in range(0, len(samples), detector.batch_size):
-            batch, images = [], []
-            for s in samples[start : start + detector.batch_size]:
-                try:
-                    images.append(load_image(s.path))
-                    batch.append(s)
-                except ImageLoadError as exc:
-                    report.errors.append(str(exc))
-                    if on_error:
-                        on_error(str(exc))
-            results = detector.predict(images, class_name, explain=explain) if images else []
-            for s, im, r in zip(batch, images, results):
-                _record(report, ev, s, im, r, out, overlays, banner)
-                kept.append((len(r.kept_prompts["normal"]), len(r.kept_prompts["abnormal"])))
-            done += len(samples[start : start + detector.batch_size])
+            name = options.class_names.get(class_name, class_name)
+            ev, first_row = ClassEval(), len(report.rows)
+            if state.current == class_name and saved and saved[1] is not None:
+                ev, facts = ClassEval.from_state(saved[1]), dict(state.current_facts)
+                done = {r["path"] for r in report.rows if r.get("class") == class_name}
+                first_row -= len(done)
+                samples = [s for s in samples if str(s.path) not in done]
+                if prepare is not None:  # the same references and thresholds as before (seeded)
+                    facts.update(prepare(detector, class_name, name))
+            else:
+                facts = _class_facts(detector, class_name, name, options, report.warnings)
+                if prepare is not None:
+                    try:
+                        facts.update(prepare(detector, class_name, name))
+                    except (ImageLoadError, ValueError) as exc:
+                        error(f"class {class_name!r} skipped: {exc}")
+                        continue
+            state.current, state.current_facts = class_name, facts
+            checkpoints.save(out, state, ev.state())
+            files.begin_class(class_name, facts.get("thresholds"))
+            total, done_count, batch = len(samples), 0, []
+            for s, im, exc in prefetch(lambda smp: load_image(smp.path), samples, workers=workers,
+                                       lookahead=2 * detector.batch_size):
+                if exc is not None:
+                    error(str(exc) if isinstance(exc, ImageLoadError) else f"{s.path}: {type(exc).__name__}: {exc}")
+                else:
+                    batch.append((s, im))
+                if len(batch) == detector.batch_size:
+                    _score(detector, batch, name, options.explain, writer, record_one, ev)
+                    batch = []
+                done_count += 1
+                if on_progress and (not batch or done_count == total):
+                    on_progress(class_name, done_count, total)
+            if batch:
+                _score(detector, batch, name, options.explain, writer, record_one, ev)
+            writer.flush()
+            files.end_class()  # the class's overlays, on its one colour scale
             if on_progress:
-                on_progress(class_name, done, len(samples))
-        if kept:
-            facts["mean_prompts_kept"] = {"normal": float(np.mean([k[0] for k in kept])),
-                                          "abnormal": float(np.mean([k[1] for k in kept]))}
-        report.classes[class_name] = facts
-        if ev.labels:
-            report.metrics[class_name] = ev.metrics()
+                on_progress(class_name, total, total)
+            if ev.kept:
+                facts["mean_prompts_kept"] = {"normal": float(np.mean([k[0] for k in ev.kept])),
+                                              "abnormal": float(np.mean([k[1] for k in ev.kept]))}
+            counts = decision_counts(report.rows[max(0, first_row):])
+            if counts:
+                facts["decisions"] = counts
+            report.classes[class_name] = facts
+            if ev.labels:
+                report.metrics[class_name] = ev.metrics()
+            report.seconds = time.perf_counter() - t0
+            files.write(report.metrics, report.classes, report.seconds)
+            state.finished[class_name] = {"facts": facts, "metrics": report.metrics.get(class_name)}
+            state.current, state.current_facts = None, {}
+            state.errors = list(report.errors)
+            checkpoints.save(out, state, None)
         report.seconds = time.perf_counter() - t0
-        report.write()
-    report.seconds = time.perf_counter() - t0
-    report.write()
+        files.write(report.metrics, report.classes, report.seconds)
+    finally:
+        try:
+            writer.close()
+        finally:
+            files.close()
     return report
 
 
-def _record(report: RunReport, ev: ClassEval, s: Sample, im: Image.Image, r: DetectionResult, out: Path,
-            overlays: bool, banner: str | None) -> None:
-    mask = _mask_for(s, im.size, report) if s.label is not None else None
-    if overlays:
-        lo, hi = float(r.anomaly_map.min()), float(r.anomaly_map.max())
-        text = f"score {r.score:.3f} | colours span map range {lo:.3f}-{hi:.3f}" + (f" | {banner}" if banner else "")
-        atomic_save_image(out / "overlays" / f"{s.key}.png",
-                          render_overlay(im, r.anomaly_map, vmin=lo, vmax=max(hi, lo + 1e-6), banner=text,
-                                         mask=mask if s.label else None))
-    if s.label is not None:
-        ev.labels.append(s.label)
-        ev.scores.append(r.score)
-        if mask is not None:
-            ev.maps.append(_eval_resize(r.anomaly_map))
-            ev.masks.append(_eval_resize(mask.astype(np.float32)) >= 0.5)
-    row = {"class": s.class_name, "path": str(s.path), "defect_type": s.defect_type,
-           "label": "" if s.label is None else s.label, **r.summary()}
-    if r.descriptors:
-        row["descriptors"] = [[t, round(v, 4)] for t, v in r.descriptors]
-    report.rows.append(row)
+def _score(detector: Detector, batch, name: str, explain: int, writer: BackgroundWriter, record_one,
+           ev: ClassEval) -> None:
+    results = detector.predict([im for _, im in batch], name, explain=explain)
+    for (s, im), r in zip(batch, results):
+        writer.submit(record_one, ev, s, im, r)
 
 
-def aggregate_seeds(reports: Sequence[RunReport]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Mean and standard deviation (population, as over the paper's 5 seeds) per class and metric."""
-    classes = list(dict.fromkeys(c for r in reports for c in r.metrics))
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for cls in [*classes, "mean"]:
-        per = [r.mean_metrics() if cls == "mean" else r.metrics.get(cls, {}) for r in reports]
-        out[cls] = {}
-        for name in METRICS:
-            vals = [m[name] for m in per if m.get(name) is not None]
-            out[cls][name] = {"mean": float(np.mean(vals)) if vals else None,
-                              "std": float(np.std(vals)) if vals else None, "n": len(vals)}
-    return out
-
-
-def write_seed_summary(out: Path, config: dict[str, Any], seeds: Sequence[int], summary: dict) -> list[list[str]]:
-    rows = [["class", *[METRIC_TITLES[m] for m in METRICS]]]
-    for cls, m in summary.items():
-        if cls == "mean" and len(summary) <= 2:
-            continue
-        rows.append([cls, *[fmt(m[k]["mean"], m[k]["std"]) for k in METRICS]])
-    atomic_write_text(out / "metrics_seeds.json", json.dumps(
-        {"alfa_ad_version": __version__, "weights": config.get("weights"), "config": config, "seeds": list(seeds),
-         "metrics": summary}, indent=1))
-    buf = io.StringIO()
-    csv.writer(buf).writerows(rows)
-    atomic_write_text(out / "metrics_seeds.csv", buf.getvalue())
-    atomic_write_text(out / "metrics_seeds.md", markdown_table(rows, {**config, "seeds": list(seeds)}).replace(
-        "Values in percent.", "Values in percent, mean ± standard deviation over seeds."))
-    return rows
+def _class_facts(detector: Detector, class_name: str, prompt_name: str, options: RunOptions,
+                 warnings: list[str]) -> dict[str, Any]:
+    """Prompt facts of a class (sources as actually used, with counts) and their warnings."""
+    facts: dict[str, Any] = {"prompt_sources": detector.prompts(prompt_name).sources}
+    if prompt_name != class_name:
+        facts["prompt_name"] = prompt_name
+    if prompt_name in detector.prompt_classes:
+        facts["prompt_class"] = detector.prompt_classes[prompt_name]
+    if "llm" not in facts["prompt_sources"] and any(s.name == "llm" for s in detector.sources):
+        warnings.append(f"class {class_name!r}: no LLM prompts in the prompt libraries; templates only")
+    if options.explain:
+        n = len(detector.explanation_candidates(prompt_name))
+        if n == 0:
+            warnings.append(f"class {class_name!r}: no LLM descriptions to explain with; --explain gives nothing")
+        elif n < options.explain:
+            warnings.append(f"class {class_name!r}: only {n} descriptions exist; --explain {options.explain} "
+                            f"gives {n} per image")
+    return facts

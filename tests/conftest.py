@@ -29,7 +29,7 @@ def _isolated_text_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def planted_backbone():
-    from alfa_ad.model.backbone import load_backbone
+    from alfa_ad.model import load_backbone
 
     return load_backbone(weights="planted", device="cpu")
 

@@ -58,9 +58,73 @@ def unused_port() -> int:
         return s.getsockname()[1]
 
 
+DETAILS = {
+    "abnormal": ["a crack near the edge", "a deep scratch across the middle", "a dark stain on one side",
+                 "a missing corner piece", "a dent in the upper part", "a burn mark near the centre",
+                 "a bent and twisted outline", "a hole punched through it", "frayed threads at the border",
+                 "a chipped rim", "a blue contamination spot", "a split along its length"],
+    "normal": ["a smooth and uniform surface", "even colour all over", "straight clean edges",
+               "a symmetric outline", "a consistent texture", "intact corners", "a glossy clean finish",
+               "regular spacing of its parts", "a flat even top", "no marks at all", "sharp well-defined borders",
+               "a uniform matte surface"],
+}
+
+
+def _started_head(text: str) -> str | None:
+    m = re.search(r"\n2\. ([^\n]*)$", text)
+    return m.group(1).strip() if m else None
+
+
+def list_reply(head: str, body: dict, continuation: bool, n: int = 6) -> str:
+    """A numbered list continuing ``2. {head}``; which details depends on the seed and temperature."""
+    text = json.dumps(body.get("messages") or body.get("prompt") or "")
+    side = "abnormal" if ("defect or abnormality" in text or "breaks this rule" in text) else "normal"
+    pool = DETAILS[side]
+    start = (int(body.get("seed") or 0) * 5 + int(10 * float(body.get("temperature") or 0))) % len(pool)
+    details = [pool[(start + i) % len(pool)] for i in range(n)]
+    lines = [f"{i}. {head} {d}." for i, d in enumerate(details, 2)]
+    if continuation:                      # /completions: the text after "2. {head}"
+        lines[0] = lines[0][len(f"2. {head}"):]
+    return "\n".join(lines)
+
+
+VERDICT = {"anomalous": True, "defect_type": "red spot", "location": "upper right",
+           "reason": "A red patch that the normal references do not have.", "confidence": 0.8}
+
+
+def is_vision(body: dict) -> bool:
+    return any(isinstance(m.get("content"), list) for m in body.get("messages", []))
+
+
+def text_parts(body: dict) -> str:
+    """All text of a chat request, string contents and the text parts of list contents."""
+    out = []
+    for m in body.get("messages", []):
+        c = m.get("content")
+        if isinstance(c, str):
+            out.append(c)
+        elif isinstance(c, list):
+            out += [p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text"]
+    return "\n".join(out)
+
+
+def image_urls(body: dict) -> list[str]:
+    return [p["image_url"]["url"] for m in body.get("messages", []) if isinstance(m.get("content"), list)
+            for p in m["content"] if isinstance(p, dict) and p.get("type") == "image_url"]
+
+
 def fake_reply(body: dict) -> str:
-    """A plausible numbered-list answer to whichever ALFA query ``body`` carries."""
-    user = " ".join(m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user")
+    """A plausible answer to whichever ALFA query ``body`` carries (chat, completion or vision)."""
+    if is_vision(body):
+        return json.dumps(VERDICT)
+    if "prompt" in body:
+        head = _started_head(str(body["prompt"]))
+        return list_reply(head, body, continuation=True) if head else "1. Some text about an object."
+    user = " ".join(m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user"
+                    and isinstance(m.get("content"), str))
+    head = _started_head(user)
+    if head:
+        return list_reply(head, body, continuation=False)
     m = re.search(r"beginning with: (An abnormal|A normal) image of ([^.\"]+?)[.\"]", user)
     if m:
         head = f"{m.group(1)} image of {m.group(2)}"
@@ -93,6 +157,17 @@ def completion_json(content: str, model: str = "fake-model") -> dict:
     }
 
 
+def text_completion_json(text: str, model: str = "fake-model") -> dict:
+    return {
+        "id": "cmpl-test",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+    }
+
+
 class FakeLLMServer:
     """Run with ``with FakeLLMServer() as srv:``; ``srv.base_url`` ends in ``/v1``."""
 
@@ -118,9 +193,10 @@ class FakeLLMServer:
                 except ValueError:
                     body = {}
                 action = outer._record_and_pick(self.path, dict(self.headers.items()), body, raw)
-                if self.path.rstrip("/") != "/v1/chat/completions":
+                if self.path.rstrip("/") not in ("/v1/chat/completions", "/v1/completions"):
                     self._send(404, {"error": {"message": "not found"}})
                     return
+                self.legacy = self.path.rstrip("/") == "/v1/completions"
                 try:
                     self._act(action, body)
                 except (BrokenPipeError, ConnectionResetError):
@@ -133,9 +209,11 @@ class FakeLLMServer:
                     self._act(action[2], body)
                 elif kind == "good":
                     content = action[1] if action[1] is not None else fake_reply(body)
-                    self._send(200, completion_json(content, body.get("model", "fake-model")))
+                    make = text_completion_json if self.legacy else completion_json
+                    self._send(200, make(content, body.get("model", "fake-model")))
                 elif kind == "empty":
-                    self._send(200, completion_json("", body.get("model", "fake-model")))
+                    make = text_completion_json if self.legacy else completion_json
+                    self._send(200, make("", body.get("model", "fake-model")))
                 elif kind == "malformed":
                     self._send_raw(200, b'{"id": "chatcmpl-x", "choices": [ {"mess', "application/json")
                 elif kind == "status":
@@ -203,8 +281,10 @@ class FakeLLMServer:
 
     def user_messages(self) -> list[str]:
         with self.lock:
-            return [" ".join(m.get("content", "") for m in r["body"].get("messages", [])
-                             if m.get("role") == "user") for r in self.requests]
+            return [" ".join(m.get("content", "") if isinstance(m.get("content"), str) else
+                             " ".join(p.get("text", "") for p in m["content"] if isinstance(p, dict))
+                             for m in r["body"].get("messages", []) if m.get("role") == "user")
+                    for r in self.requests]
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> "FakeLLMServer":
@@ -224,7 +304,7 @@ class FakeLLMServer:
 
 def child_generate(base_url: str, cache_dir: str, classes: list[str], barrier: Any, api_key: str) -> None:
     """Run in a spawned process: generate ``classes`` into the reply cache at ``cache_dir``."""
-    from alfa_ad.prompting.llm import LLMClient, LLMConfig, generate_class_prompts, open_reply_cache
+    from alfa_ad.prompting.llm import GenerationSettings, LLMClient, LLMConfig, generate_class_prompts, open_reply_cache
 
     client = LLMClient(LLMConfig("fake-model", base_url=base_url, api_key=api_key,
                                  timeout=5.0, max_retries=2, backoff=0.01))
@@ -232,6 +312,6 @@ def child_generate(base_url: str, cache_dir: str, classes: list[str], barrier: A
     try:
         barrier.wait(timeout=60)
         for name in classes:
-            generate_class_prompts(client, name, cache=cache)
+            generate_class_prompts(client, name, cache=cache, settings=GenerationSettings(target=6, max_rounds=2))
     finally:
         cache.close()

@@ -67,7 +67,8 @@ def test_demo_writes_all_outputs(tmp_path):
     assert len(overlays) == 10
     assert {p.parent.name for p in overlays} == {"good", "spot"}
     for p in overlays:
-        assert _valid_png(p) == (2 * 320, 240)  # [original | overlay] side by side
+        w, h = _valid_png(p)  # [original | overlay | colour bar] side by side
+        assert h == 240 and 2 * 320 < w < 3 * 320
     assert "px AUROC" in result.output and "PRO" in result.output and "planted" in result.output
 
 
@@ -122,11 +123,14 @@ def test_run_reports_bad_files_and_scores_the_rest(dataset_with_bad_files, tmp_p
     scores2 = json.loads((out / "scores.json").read_text())
     assert len(scores2["errors"]) == 3 and any("002.png" in e for e in scores2["errors"])
     assert len(scores2["images"]) == 9
-    for p, content in before.items():  # earlier overlays, the victim's included, are intact
-        assert p.exists(), p
-        assert _valid_png(p) == (640, 240)
-    assert (out / "overlays" / "widget" / "spot" / "002.png").read_bytes() == before[
-        out / "overlays" / "widget" / "spot" / "002.png"]
+    # the folder now describes the second run only: every image it scored has its overlay,
+    # and the victim's overlay from the first run (describing scores no file lists) is gone
+    victim_overlay = out / "overlays" / "widget" / "spot" / "002.png"
+    assert not victim_overlay.exists()
+    for p in before:
+        if p != victim_overlay:
+            assert _valid_png(p)[1] == 240, p
+    assert "earlier run's outputs" in result2.output
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
 
 
@@ -160,8 +164,9 @@ def test_run_on_plain_folder_has_no_labels_and_no_metrics(tmp_path):
     assert all(r["label"] == "" and r["defect_type"] == "" for r in rows)
     assert {r["class"] for r in rows} == {"gear"}
     assert not (out / "metrics.json").exists()  # nothing to measure without labels
-    assert _valid_png(out / "overlays" / "gear" / "images" / "img0.png") == (300, 100)
-    assert _valid_png(out / "overlays" / "gear" / "images" / "img1.png") == (120, 90)
+    w0, h0 = _valid_png(out / "overlays" / "gear" / "images" / "img0.png")
+    w1, h1 = _valid_png(out / "overlays" / "gear" / "images" / "img1.png")
+    assert (h0, h1) == (100, 90) and w0 > 300 and w1 > 120  # image | overlay | colour bar
 
 
 # ------------------------------------------------------------------ usage errors (exit 2)
@@ -192,7 +197,7 @@ def test_run_rejects_bad_shots(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (("--method", "bogus"), "--method must be alfa or winclip"),
+    (("--method", "bogus"), "--method must be one of alfa, winclip"),
     (("--scales", "2,x"), "--scales must be comma-separated integers"),
     (("--scales", "0"), "--scales must be integers >= 1"),
     (("--batch-size", "0"), "--batch-size must be at least 1"),
@@ -222,13 +227,19 @@ def test_error_messages_show_paths_verbatim(tmp_path, name):
     assert str(missing) in result.output
 
 
-def test_run_data_must_be_a_folder(tmp_path):
+def test_run_on_one_image_file_scores_it(tmp_path):
     file = tmp_path / "one.png"
     Image.new("RGB", (8, 8)).save(file)
     result = invoke("run", "--data", file, "--weights", "planted", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    rows = _read_csv(tmp_path / "out" / "scores.csv")
+    assert [Path(r["path"]) for r in rows] == [file] and rows[0]["class"] == "object"
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    result = invoke("run", "--data", other, "--weights", "planted", "--out", tmp_path / "out2")
     assert result.exit_code == 2, result.output
     lines = _error_lines(result)
-    assert len(lines) == 1 and str(file) in lines[0] and "not a folder" in lines[0]
+    assert len(lines) == 1 and str(other) in lines[0] and "neither a folder nor an image file" in lines[0]
 
 
 def test_images_with_same_stem_get_separate_overlays(tmp_path):

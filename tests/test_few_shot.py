@@ -289,7 +289,10 @@ def test_leave_one_out_calibration_decides(planted_backbone, spot_set):
     assert flagged_clean < n_clean / 2, [r.score for r in results[:n_clean]]
     assert all(r.decision for r in results[n_clean:])  # every red spot is anomalous
     for r, m in zip(results[n_clean:], [m for m in spot_set[1] if m.any()]):
-        assert r.mask[m].mean() > 0.9  # the spot is inside the predicted mask
+        # the mask is cut at half height (scoring/masks.py), so it follows the spot's extent:
+        # most of the spot inside, little outside (blurred edges may fall either side)
+        assert r.mask[m].mean() > 0.8
+        assert (r.mask & m).sum() / (r.mask | m).sum() >= 0.5
     assert results[0].summary()["decision"] in ("normal", "anomalous")
 
 
@@ -375,16 +378,15 @@ def test_cli_seeds_write_per_seed_runs_and_summary(mvtec_root, tmp_path):
     assert table[0][0] == "class" and table[1][0] == "widget" and "± 0.0" in table[1][1]
 
 
-def test_cli_too_few_references_skips_the_class(mvtec_root, tmp_path):
+def test_cli_too_few_references_is_said_up_front(mvtec_root, tmp_path):
+    """Never silently zero-shot, and no empty outputs: the count of normals is checked
+    before the model loads."""
     out = tmp_path / "out"
     result = invoke("run", "--data", mvtec_root, "--out", out, "--shots", 8, *FAST)
-    assert result.exit_code == 1, result.output
-    assert "only 5 normal images" in result.output and "--shots 8" in result.output
-    scores = json.loads((out / "scores.json").read_text())
-    assert scores["images"] == []  # never silently zero-shot
-    assert len(scores["errors"]) == 1 and "only 5 normal images" in scores["errors"][0]
-    assert "widget" in scores["errors"][0]
-    assert "0 images scored" in result.output
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "'widget' has 5 normal images" in lines[0] and "--shots 8" in lines[0]
+    assert not out.exists()
 
 
 def test_cli_all_shots_with_coreset(mvtec_root, tmp_path):
@@ -465,3 +467,39 @@ def test_prepare_text_lives_on_the_model_device(planted_backbone):
         state = det._text_state("widget")
         tensors = state if isinstance(state, tuple) else (state,)
         assert all(t.device == planted_backbone.device for t in tensors)
+
+
+def test_detect_remembers_memory_banks_by_reference_content(spot_set, monkeypatch, tmp_path):
+    """A repeated detect(image, normals) reuses the fitted bank (no forward pass on the
+    references); other references, or the same pixels under another name, behave as such."""
+    from alfa_ad.detector import BANK_CACHE_SIZE, _cached_detector
+    from alfa_ad.methods.alfa import AlfaMethod
+
+    calls = []
+    original = AlfaMethod.extract_normals
+
+    def counting(self, batches):
+        calls.append(1)
+        return original(self, batches)
+
+    monkeypatch.setattr(AlfaMethod, "extract_normals", counting)
+    img = spot_set[0][0]
+    refs = _clean(2, seed=400)
+    paths = []
+    for i, r in enumerate(refs):
+        paths.append(tmp_path / f"ref{i}.png")
+        Image.fromarray(r).save(paths[-1])
+    opts = dict(weights="planted", cache_dir=None, use_text=False)
+    first = detect(img, "widget", normals=refs, **opts)
+    second = detect(img, "widget", normals=[r.copy() for r in refs], **opts)  # same content, new objects
+    assert len(calls) == 1 and second.score == first.score
+    np.testing.assert_array_equal(second.anomaly_map, first.anomaly_map)
+    by_path = detect(img, "widget", normals=paths, **opts)  # file bytes differ from array bytes: a new key
+    again = detect(img, "widget", normals=paths, **opts)
+    assert len(calls) == 2 and again.score == by_path.score == pytest.approx(first.score, abs=1e-6)
+    other = detect(img, "widget", normals=_clean(2, seed=500), **opts)
+    assert len(calls) == 3 and other.score != first.score
+    det = _cached_detector(tuple(sorted(opts.items())))
+    assert len(det._banks) <= BANK_CACHE_SIZE
+    zero = detect(img, "widget", weights="planted", cache_dir=None)  # another option set: zero-shot
+    assert zero.decision is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import json
 import multiprocessing as mp
 from pathlib import Path
@@ -13,17 +15,25 @@ from alfa_ad.prompting.library import (
     FORMAT, VERSION, LibraryError, LLMPromptSource, load_library, new_library, save_library,
 )
 from alfa_ad.prompting.llm import (
-    MVTEC_CLASSES, QUERIES, VISA_CLASSES, LLMClient, LLMConfig, LLMError, _parse_retry_after,
+    MVTEC_CLASSES, QUERIES, VISA_CLASSES, GenerationSettings, LLMClient, LLMConfig, LLMError, _parse_retry_after,
     _token_count, build_messages, generate_class_prompts, generate_library, open_reply_cache,
     parse_reply, resolve_classes,
 )
+from alfa_ad.prompting.queries import PARAPHRASES, descriptor_ask, side_ask
 from alfa_ad.prompting.templates import AlfaTemplateSource
 from llm_server import (
     FakeLLMServer, child_generate, delay, empty, good, malformed, status, unused_port,
 )
 
 KEY = "sk-test-SECRET123"
-N_QUERIES = len(QUERIES)
+# Small settings: the fake server's first list (6 sentences) meets the target, so a class
+# takes one descriptor request and one request per side.
+SMALL = GenerationSettings(target=6, max_rounds=2)
+N_QUERIES = 3
+
+
+def gen(client, name, **kw):
+    return generate_class_prompts(client, name, settings=kw.pop("settings", SMALL), **kw)
 
 MESSY = "\n".join([
     "Sure! Here are some descriptions:",
@@ -87,10 +97,24 @@ def test_queries_follow_the_paper():
     texts = {q.kind: build_messages(q, "metal_nut")[-1]["content"] for q in QUERIES}
     assert texts["free"] == "How to identify an abnormal metal nut in an image?"
     assert "beginning with: An abnormal image of metal nut" in texts["abnormal"]
-    assert "beginning with: A normal image of metal nut" in texts["normal"]
     assert "useful descriptions for distinguishing an anomaly metal nut in a photo?" in texts["descriptors"]
+    assert descriptor_ask("metal_nut").question == texts["descriptors"]
     assert texts["descriptors"].rstrip().endswith("-")
     assert "one per line" in build_messages(QUERIES[0], "x")[0]["content"]
+    # round 0 of each side is the paper's question with its syntactic-consistency starter
+    for side, head in (("abnormal", "An abnormal image of metal nut with"), ("normal", "A normal image of metal nut with")):
+        ask = side_ask("metal_nut", side, 0)
+        assert ask.question.startswith("The images show a metal nut")       # class context
+        assert PARAPHRASES[side][0].format(c="metal nut", a="a") in ask.question
+        chat = ask.messages("chat")[-1]
+        assert chat["role"] == "user" and chat["content"].endswith(f"\n1. {ask.example}\n2. {head}")
+        prefill = ask.messages("chatml")[-1]
+        assert prefill == {"role": "assistant", "content": f"1. {ask.example}\n2. {head}"}
+    # later rounds change the paraphrase and the starter
+    asks = [side_ask("screw", "normal", r) for r in range(5)]
+    assert len({a.question for a in asks}) == 5 and len({a.head for a in asks}) >= 3
+    # dataset folder names become the object's name, with aliases
+    assert "printed circuit board" in side_ask("pcb3", "abnormal", 0).question
 
 
 # --------------------------------------------------------------------------- parsing
@@ -124,46 +148,77 @@ def test_parse_retry_after_forms():
 
 
 # --------------------------------------------------------------------------- generation
-def test_good_replies_are_parsed(server, cache):
+def test_every_reply_and_decision_is_recorded(server, cache):
     server.default = good(MESSY)
     client = LLMClient(make_config(server.base_url))
-    entry = generate_class_prompts(client, "bottle", cache=cache)
-    assert server.count == N_QUERIES
+    entry = gen(client, "bottle", cache=cache)
+    assert server.count == 1 + 2 * SMALL.max_rounds     # MESSY never reaches the target of 6
     assert entry["abnormal"][:3] == MESSY_EXPECTED_HEAD and len(entry["abnormal"]) == 4
-    assert entry["normal"][:3] == MESSY_EXPECTED_HEAD
-    assert entry["descriptors"]                 # min_words=1 keeps short lines too
-    assert [q["kind"] for q in entry["queries"]] == [q.kind for q in QUERIES]
+    assert entry["normal"] == []                    # "An abnormal image ..." is the other side
+    assert entry["descriptors"]                     # min_words=1 keeps short lines too
+    assert [(q["kind"], q["side"]) for q in entry["queries"]] == [
+        ("descriptors", "descriptors"), ("side", "abnormal"), ("side", "abnormal"), ("side", "normal"),
+        ("side", "normal")]
     assert all(q["raw_reply"] == MESSY for q in entry["queries"])
+    for q in entry["queries"][1:]:
+        decisions = {d["text"]: d for d in q["sentences"]}
+        assert decisions["Here are some descriptions:"]["decision"] == "dropped"
+        assert decisions["Too short"]["decision"] == "dropped"
+        assert {d["decision"] for d in q["sentences"]} <= {"kept", "rewritten", "dropped", "duplicate"}
+        assert all("reason" in d for d in q["sentences"] if d["decision"] != "kept")
+        assert q["sampling"]["seed"] in (0, 1) and q["sampling"]["temperature"] in SMALL.temperatures
+    assert entry["counts"]["abnormal"]["kept"] == 4
     assert entry["model"] == "fake-model" and entry["base_url"] == server.base_url
     assert entry["date"].endswith("+00:00")
-    body = server.requests[0]["body"]
-    assert body["model"] == "fake-model" and body["temperature"] == 0.0 and body["max_tokens"] == 1024
+    assert entry["settings"]["temperatures"] == list(SMALL.temperatures)
+    body = server.requests[1]["body"]
+    assert body["model"] == "fake-model" and body["temperature"] == 0.7 and body["seed"] == 0
     assert server.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
+    # sampling changes with the round: temperature and seed
+    assert server.requests[2]["body"]["temperature"] == 0.9 and server.requests[2]["body"]["seed"] == 1
 
 
-def test_free_and_syntactic_lines_go_to_the_right_side(server, cache):
+def test_sides_name_the_class_and_are_distinct(server, cache):
     client = LLMClient(make_config(server.base_url))
-    entry = generate_class_prompts(client, "metal_nut", cache=cache)
-    assert all(n.startswith("A normal image of metal nut") for n in entry["normal"]) and entry["normal"]
-    assert entry["abnormal"][0].startswith("An abnormal image of metal nut")
-    assert "Look for cracks or holes in the metal nut." in entry["abnormal"]   # free-form query
-    assert not any("normal image" in a.lower() and "abnormal" not in a.lower() for a in entry["abnormal"])
+    entry = gen(client, "metal_nut", cache=cache, settings=GenerationSettings(target=20, max_rounds=5))
+    for side in ("normal", "abnormal"):
+        assert len(entry[side]) >= 20
+        assert all("metal nut" in p.lower() for p in entry[side])
+        assert len({p.lower() for p in entry[side]}) == len(entry[side])
+    assert not any("abnormal" in n.lower() for n in entry["normal"])
     assert entry["descriptors"] == ["cracks or scratches", "discoloration", "missing parts", "irregular shape"]
+    kept = sum(d["decision"] in ("kept", "rewritten") for q in entry["queries"] for d in q.get("sentences", [])
+               if q["side"] != "descriptors")
+    assert kept == len(entry["normal"]) + len(entry["abnormal"])
+
+
+def test_chatml_style_continues_our_list_on_the_completions_endpoint(server, cache):
+    client = LLMClient(make_config(server.base_url))
+    entry = gen(client, "screw", cache=cache, settings=GenerationSettings(target=6, max_rounds=2, style="chatml"))
+    paths = [r["path"] for r in server.requests]
+    assert paths == ["/v1/chat/completions", "/v1/completions", "/v1/completions"]
+    prompt = server.requests[1]["body"]["prompt"]
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("\n2. An abnormal image of screw with")
+    assert "<|im_end|>" in server.requests[1]["body"]["stop"]
+    assert entry["abnormal"][0].startswith("An abnormal image of screw with ")   # our head + the continuation
+    echo = [d for d in entry["queries"][1]["sentences"] if d["decision"] == "dropped"]
+    assert [d["reason"] for d in echo] == ["echo of the example given in the query"]
+    assert entry["queries"][1]["endpoint"].startswith("completions")
 
 
 def test_cache_hit_makes_no_request_and_refresh_does(server, cache):
     client = LLMClient(make_config(server.base_url))
-    first = generate_class_prompts(client, "screw", cache=cache)
+    first = gen(client, "screw", cache=cache)
     assert server.count == N_QUERIES
-    second = generate_class_prompts(client, "screw", cache=cache)
+    second = gen(client, "screw", cache=cache)
     assert server.count == N_QUERIES
     assert second == first
-    server.default = good("1. An abnormal image of screw, refreshed reply line\n- refreshed descriptor")
-    third = generate_class_prompts(client, "screw", cache=cache, refresh=True)
+    server.default = good("\n".join(f"{i}. A screw with refreshed detail number {i}." for i in range(1, 7)))
+    third = gen(client, "screw", cache=cache, refresh=True)
     assert server.count == 2 * N_QUERIES
-    assert third["abnormal"][0] == "An abnormal image of screw, refreshed reply line"
+    assert third["abnormal"][0] == "A screw with refreshed detail number 1."
     # the refreshed replies were written: a plain run now returns them without a request
-    assert generate_class_prompts(client, "screw", cache=cache)["abnormal"] == third["abnormal"]
+    assert gen(client, "screw", cache=cache)["abnormal"] == third["abnormal"]
     assert server.count == 2 * N_QUERIES
 
 
@@ -181,7 +236,7 @@ def test_server_error_then_good_is_retried(server, cache):
     server.script(status(500), status(503))
     sleeps: list[float] = []
     client = LLMClient(make_config(server.base_url), sleep=sleeps.append)
-    entry = generate_class_prompts(client, "screw", cache=cache)
+    entry = gen(client, "screw", cache=cache)
     assert server.count == N_QUERIES + 2
     assert entry["abnormal"] and entry["normal"]
     assert len(sleeps) == 2 and sleeps[1] > sleeps[0]          # exponential backoff
@@ -191,7 +246,7 @@ def test_429_retry_after_is_honoured(server, cache):
     server.script(status(429, retry_after=0.4))
     sleeps: list[float] = []
     client = LLMClient(make_config(server.base_url), sleep=sleeps.append)
-    generate_class_prompts(client, "screw", cache=cache)
+    gen(client, "screw", cache=cache)
     assert sleeps == [0.4]
     assert server.count == N_QUERIES + 1
 
@@ -200,7 +255,7 @@ def test_429_retry_after_is_capped(server, cache):
     server.script(status(429, retry_after=3600), status(429, retry_after=86400))
     sleeps: list[float] = []
     client = LLMClient(make_config(server.base_url, retry_after_cap=0.2), sleep=sleeps.append)
-    generate_class_prompts(client, "screw", cache=cache)
+    gen(client, "screw", cache=cache)
     assert sleeps == [0.2, 0.2]                 # capped, not an hour
     assert server.count == N_QUERIES + 2
 
@@ -211,7 +266,7 @@ def test_429_retry_after_really_waits(server, cache):
     server.script(status(429, retry_after=0.3))
     client = LLMClient(make_config(server.base_url))
     t0 = time.monotonic()
-    generate_class_prompts(client, "screw", cache=cache)
+    gen(client, "screw", cache=cache)
     assert 0.28 <= time.monotonic() - t0 < 3.0
     assert server.count == N_QUERIES + 1
 
@@ -236,16 +291,20 @@ def test_persistent_failures_raise_one_line_errors_and_cache_nothing(server, cac
     elif failure == "malformed":
         server.default = malformed()
     else:
-        server.default = good("Here are the answers:\nWhy?\n- ok")
+        server.default = good("Here are the answers:\nWhy?\n- ")
     with pytest.raises(LLMError) as exc:
-        generate_class_prompts(LLMClient(cfg), "screw", cache=cache)
+        gen(LLMClient(cfg), "screw", cache=cache)
     msg = one_line_error(exc, "screw")
     assert expect[failure] in msg
+    if failure == "timeout":  # the client gave up on both; on a loaded machine the server may still be reading the 2nd
+        deadline = time.monotonic() + 10
+        while server.count < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert server.count == (0 if failure == "refused" else 2)    # bounded: 1 + max_retries tries
     assert len(cache) == 0
     # a later good run asks again (nothing bad was cached) and succeeds
     server.default = good()
-    entry = generate_class_prompts(LLMClient(make_config(server.base_url)), "screw", cache=cache)
+    entry = gen(LLMClient(make_config(server.base_url)), "screw", cache=cache)
     assert entry["abnormal"]
     assert server.count == (0 if failure == "refused" else 2) + N_QUERIES
 
@@ -253,7 +312,7 @@ def test_persistent_failures_raise_one_line_errors_and_cache_nothing(server, cac
 def test_client_errors_fail_at_once_and_are_scrubbed(server, cache):
     server.default = status(401, body=json.dumps({"error": {"message": f"Incorrect API key {KEY}"}}))
     with pytest.raises(LLMError) as exc:
-        generate_class_prompts(LLMClient(make_config(server.base_url)), "screw", cache=cache)
+        gen(LLMClient(make_config(server.base_url)), "screw", cache=cache)
     msg = one_line_error(exc, "screw")
     assert "HTTP 401" in msg and "***" in msg
     assert server.count == 1                    # not retried
@@ -263,12 +322,12 @@ def test_partial_class_keeps_successful_replies(server, cache):
     server.rule("A normal image of", status(503))
     client = LLMClient(make_config(server.base_url))
     with pytest.raises(LLMError) as exc:
-        generate_class_prompts(client, "screw", cache=cache)
-    assert "normal query" in one_line_error(exc, "screw")
-    assert len(cache) == 2                       # free + abnormal replies kept
+        gen(client, "screw", cache=cache)
+    assert "normal query, round 1" in one_line_error(exc, "screw")
+    assert len(cache) == 2                       # descriptor + abnormal replies kept
     server.reset()
-    generate_class_prompts(client, "screw", cache=cache)
-    assert server.count == 2                     # only normal + descriptors asked again
+    gen(client, "screw", cache=cache)
+    assert server.count == 1                     # only the normal request asked again
 
 
 def test_library_progress_across_classes(server, tmp_path):
@@ -283,7 +342,7 @@ def test_library_progress_across_classes(server, tmp_path):
             seen_on_disk[ev.class_name] = list(json.loads(out.read_text())["classes"])
 
     cfg = make_config(server.base_url)
-    lib, errors = generate_library(["alpha", "bravo", "charlie"], cfg, out,
+    lib, errors = generate_library(["alpha", "bravo", "charlie"], cfg, out, settings=SMALL,
                                    cache_dir=tmp_path / "cache", on_progress=on_progress)
     assert seen_on_disk == {"alpha": ["alpha"], "charlie": ["alpha", "charlie"]}   # saved per class
     on_disk = load_library(out)
@@ -297,7 +356,7 @@ def test_library_progress_across_classes(server, tmp_path):
 
     server.reset()                               # the server is fixed
     events.clear()
-    lib2, errors2 = generate_library(["alpha", "bravo", "charlie"], cfg, out, cache_dir=tmp_path / "cache",
+    lib2, errors2 = generate_library(["alpha", "bravo", "charlie"], cfg, out, settings=SMALL, cache_dir=tmp_path / "cache",
                                      on_progress=on_progress)
     assert errors2 == {}
     assert server.count == N_QUERIES
@@ -308,19 +367,19 @@ def test_library_progress_across_classes(server, tmp_path):
 
     # refresh regenerates everything (served from the reply cache: refresh bypasses reading it)
     server.reset()
-    generate_library(["alpha"], cfg, out, cache_dir=tmp_path / "cache", refresh=True)
+    generate_library(["alpha"], cfg, out, settings=SMALL, cache_dir=tmp_path / "cache", refresh=True)
     assert server.count == N_QUERIES
 
 
 def test_library_other_model_is_not_complete_and_bad_file_is_kept(server, tmp_path):
     out = tmp_path / "lib.json"
-    generate_library(["alpha"], make_config(server.base_url), out, cache_dir=tmp_path / "c")
+    generate_library(["alpha"], make_config(server.base_url), out, settings=SMALL, cache_dir=tmp_path / "c")
     other = LLMConfig("other-model", base_url=server.base_url, api_key=KEY, backoff=0.001)
-    lib, _ = generate_library(["alpha"], other, out, cache_dir=tmp_path / "c")
+    lib, _ = generate_library(["alpha"], other, out, settings=SMALL, cache_dir=tmp_path / "c")
     assert server.count == 2 * N_QUERIES and lib["classes"]["alpha"]["model"] == "other-model"
     out.write_text("{broken")
     with pytest.raises(LibraryError):
-        generate_library(["beta"], make_config(server.base_url), out, cache_dir=tmp_path / "c")
+        generate_library(["beta"], make_config(server.base_url), out, settings=SMALL, cache_dir=tmp_path / "c")
     assert out.read_text() == "{broken"
 
 
@@ -330,7 +389,7 @@ def test_api_key_never_stored_or_reported(server, tmp_path):
     server.rule("bravo", status(401, body=json.dumps({"error": {"message": f"bad key {KEY}"}})))
     server.rule("charlie", status(503))
     cfg = make_config(server.base_url)
-    lib, errors = generate_library(["alpha", "bravo", "charlie"], cfg, out, cache_dir=cache_dir)
+    lib, errors = generate_library(["alpha", "bravo", "charlie"], cfg, out, settings=SMALL, cache_dir=cache_dir)
     assert set(errors) == {"bravo", "charlie"} and "alpha" in lib["classes"]
     assert all(r["headers"]["authorization"] == f"Bearer {KEY}" for r in server.requests)
     files = [p for p in [out, *cache_dir.rglob("*")] if p.is_file()]
@@ -347,11 +406,11 @@ def test_env_api_key_and_base_url(server, cache, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env-SECRET123")
     client = LLMClient(LLMConfig("fake-model", backoff=0.001, timeout=1.0))
     assert client.base_url == server.base_url
-    generate_class_prompts(client, "screw", cache=cache)
+    gen(client, "screw", cache=cache)
     assert server.requests[0]["headers"]["authorization"] == "Bearer sk-env-SECRET123"
     monkeypatch.delenv("OPENAI_API_KEY")
     client = LLMClient(LLMConfig("fake-model", base_url=server.base_url, timeout=1.0))
-    generate_class_prompts(client, "screw", cache=None)
+    gen(client, "screw", cache=None)
     assert server.requests[-1]["headers"]["authorization"] == "Bearer not-needed"
 
 
@@ -375,7 +434,7 @@ def test_two_processes_share_the_cache(server, tmp_path):
         assert len(cache) == 8 * N_QUERIES
         client = LLMClient(make_config(server.base_url))
         for name in groups[0] + groups[1]:
-            entry = generate_class_prompts(client, name, cache=cache)
+            entry = gen(client, name, cache=cache)
             assert entry["normal"][0].startswith(f"A normal image of {name}")
     finally:
         cache.close()
@@ -438,3 +497,14 @@ def test_llm_prompt_source(tmp_path):
     assert merged.sources["llm"] == 3 and merged.sources["template"] == 72
     with pytest.raises(LibraryError):
         LLMPromptSource({"format": "nope"})
+
+
+def test_last_item_cut_by_the_token_limit_is_dropped(server, cache):
+    server.default = good("2. A screw with a bent tip.\n3. A screw with a rusty head.\n4. A screw with a cracked")
+    entry = gen(LLMClient(make_config(server.base_url)), "screw", cache=cache,
+                settings=GenerationSettings(target=2, max_rounds=1))
+    assert entry["abnormal"] == ["A screw with a bent tip.", "A screw with a rusty head."]
+    rec = entry["queries"][1]
+    assert rec["cut_off"] is True
+    assert rec["sentences"][-1] == {"text": "A screw with a cracked", "decision": "dropped",
+                                    "reason": "cut off by the token limit"}

@@ -20,7 +20,7 @@ from alfa_ad.demo import make_synthetic_dataset
 from alfa_ad.io.datasets import discover, train_images
 from alfa_ad.io.images import InputError
 from alfa_ad.prompting.library import load_library, new_library, save_library
-from alfa_ad.runner import METRIC_TITLES, METRICS, RunReport, aggregate_seeds
+from alfa_ad.outputs.tables import METRIC_TITLES, METRICS, aggregate_seeds
 
 from conftest import grey_texture, spot_image
 from llm_server import FakeLLMServer, status
@@ -142,6 +142,33 @@ def test_visa_short_row_is_reported_not_crashed(tmp_path):
         discover(root)
 
 
+def test_visa_labels_splits_and_fields_are_read_strictly(visa_root, tmp_path):
+    """`Test` is the test split; fields are stripped; an empty or unknown label is reported
+    and skipped, never counted as anomalous."""
+    root = tmp_path / "visa2"
+    import shutil
+
+    shutil.copytree(visa_root, root)
+    rows = (root / "split_csv" / "1cls.csv").read_text().splitlines()[1:]
+    edited = []
+    for r in rows:
+        obj, split, label, image, mask = r.split(",")
+        if image.endswith("000.JPG"):
+            split, image = "Test", f"  {image} "
+        if image.endswith("002.JPG"):
+            label = ""
+        edited.append(",".join([obj, split, label, image, mask]))
+    edited.append("candle,test,weird,candle/Data/Images/Normal/000.JPG,")
+    (root / "split_csv" / "1cls.csv").write_text(VISA_HEADER + "\n".join(edited) + "\n")
+    dataset, warnings = discover(root)
+    names = [s.path.name for s in dataset["candle"]]
+    assert names == ["000.JPG", "001.JPG", "003.JPG"]  # 002 (empty label) and the 'weird' row skipped
+    assert [s.label for s in dataset["candle"]] == [0, 1, 1]
+    assert dataset["candle"][0].path == root / "candle/Data/Images/Normal/000.JPG"
+    assert len(warnings) == 2 and all("row skipped" in w for w in warnings)
+    assert "''" in warnings[0] and "'weird'" in warnings[1]
+
+
 def test_mvtec_classes_on_a_root_without_them(tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", n_good=1, n_defect=1)
     result = invoke("run", "--data", data, "--out", tmp_path / "out", "--classes", "mvtec", *FAST)
@@ -172,11 +199,15 @@ def test_metric_files_have_every_metric_and_the_config(two_class_run):
         assert set(m["metrics"][cls]) >= set(METRICS)
     assert m["metrics"]["widget"]["image_auroc"] == 1.0 and m["metrics"]["widget"]["pixel_auroc"] >= 0.95
     cfg = m["config"]
-    assert cfg["method"] == "alfa" and cfg["seed"] == 5 and cfg["shots"] == "0"
+    assert cfg["method"] == "alfa" and cfg["shots"] == "0"
     assert "planted" in cfg["weights"] and m["weights"] == cfg["weights"]
+    assert cfg["model"] == "planted-vit" and cfg["weights_source"]["source"] == "planted"
     assert cfg["scales"] == [2, 3] and cfg["prompt_sources"] == ["template"]
     assert cfg["version"] == __version__ == m["alfa_ad_version"]
-    assert cfg["data"] == str(data) and cfg["model"] and "coreset" in cfg and "pretrained" in cfg
+    assert cfg["data"] == str(data)
+    # only what applies to this run: zero-shot, planted weights, not calibrated
+    for absent in ("seed", "coreset", "pretrained", "normals", "calibration", "fpr", "references", "weights_file"):
+        assert absent not in cfg, absent
     assert m["classes"]["widget"]["prompt_sources"] == {"template": 72}
 
     table = list(csv.reader(open(out / "metrics.csv", newline="")))
@@ -188,8 +219,8 @@ def test_metric_files_have_every_metric_and_the_config(two_class_run):
     md = (out / "metrics.md").read_text()
     for title in TITLES:
         assert title in md
-    for fragment in ("method: alfa", "seed: 5", f"version: {__version__}", "scales: [2, 3]",
-                     "prompt_sources: ['template']", "planted"):
+    for fragment in ("method: alfa", f"version: {__version__}", "scales: 2, 3", "prompt_sources: template",
+                     "planted", "model: planted-vit"):
         assert fragment in md, fragment
     assert "| widget | 100.0 |" in md
 
@@ -211,9 +242,17 @@ def test_config_reproduces_the_run(two_class_run, tmp_path):
     cfg = _json(out / "metrics.json")["config"]
     again = tmp_path / "again"
     result = invoke("run", "--data", cfg["data"], "--out", again, "--method", cfg["method"], "--shots", cfg["shots"],
-                    "--seed", cfg["seed"], "--scales", ",".join(map(str, cfg["scales"])), *FAST)
+                    "--scales", ",".join(map(str, cfg["scales"])), "--tile", cfg["tile"], *FAST)
     assert result.exit_code == 0, result.output
     assert (again / "scores.csv").read_bytes() == (out / "scores.csv").read_bytes()
+    # and the record's detector entry rebuilds the same detector in Python
+    from alfa_ad import Detector
+
+    det = Detector.from_config(cfg["detector"], cache_dir=None)
+    assert det.config.as_dict() == cfg["detector"]
+    rows = _json(out / "scores.json")["images"]
+    r = det(rows[0]["path"], rows[0]["class"])
+    assert r.score == pytest.approx(rows[0]["score"], abs=1e-6)
 
 
 def test_mask_problems_are_warnings_and_images_still_count(tmp_path):
@@ -258,6 +297,10 @@ def _library(path: Path, classes=("widget",)) -> Path:
     return path
 
 
+def _json_lib(path: Path, cls: str = "widget") -> dict:
+    return _json(path)["classes"][cls]
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
     return make_synthetic_dataset(tmp_path_factory.mktemp("prompts") / "data", n_good=2, n_defect=2, seed=4)
@@ -273,16 +316,21 @@ def test_prompt_library_sources_and_explanations(small_data, tmp_path):
     facts = m["classes"]["widget"]
     assert facts["prompt_sources"] == {"template": 72, "llm": 7}
     assert m["config"]["prompt_sources"] == ["template", "llm"] and m["config"]["prompts_file"] == str(lib)
+    assert m["config"]["explain"] == 3
     kept = facts["mean_prompts_kept"]
     assert 0 < kept["normal"] <= 36 + 3 and 0 < kept["abnormal"] <= 36 + 4
     assert "prompts kept per image on average" in result.output
     rows = _json(out / "scores.json")["images"]
     assert len(rows) == 4
+    candidates = set(DESCRIPTORS) | set(_json_lib(lib)["normal"]) | set(_json_lib(lib)["abnormal"])
     for row in rows:
         desc = row["descriptors"]
-        assert len(desc) == 3 and all(len(d) == 2 for d in desc)
-        assert all(text in DESCRIPTORS for text, _ in desc) and len({t for t, _ in desc}) == 3
-        sims = [s for _, s in desc]
+        assert len(desc) == 3 and all(set(d) == {"text", "side", "source", "similarity"} for d in desc)
+        assert all(d["text"] in candidates for d in desc) and len({d["text"] for d in desc}) == 3
+        for d in desc:
+            assert d["side"] == ("normal" if d["text"] in _json_lib(lib)["normal"] else "abnormal")
+            assert d["source"] == ("llm-descriptor" if d["text"] in DESCRIPTORS else "llm")
+        sims = [d["similarity"] for d in desc]
         assert sims == sorted(sims, reverse=True) and all(-1 <= s <= 1 for s in sims)
         assert row["total_normal"] == 39 and row["total_abnormal"] == 40
         assert 0 < row["kept_normal"] <= 39
@@ -305,10 +353,7 @@ def test_library_without_the_class_warns_templates_only(small_data, tmp_path):
 # =========================================================================== seed aggregation
 def test_aggregate_seeds_mean_and_population_std(tmp_path):
     def report(values):
-        r = RunReport(tmp_path, {})
-        r.metrics = {"a": {k: v for k, v in zip(METRICS, values)},
-                     "b": {k: 0.5 for k in METRICS}}
-        return r
+        return {"a": {k: v for k, v in zip(METRICS, values)}, "b": {k: 0.5 for k in METRICS}}
 
     reports = [report([0.6, 0.5, None, 0.9, 0.8, 0.7]), report([0.8, 0.7, None, 0.7, 0.8, 0.7])]
     summary = aggregate_seeds(reports)
@@ -379,7 +424,8 @@ def test_generate_prompts_cli_server_failure(tmp_path, monkeypatch):
     assert len(failed) == 2, result.output
     for name, line in zip(("widget", "gadget"), failed):
         assert f"class {name!r}" in line and "503" in line
-    assert "0 of 2 classes" in result.output and "2 failed" in result.output
+    assert "no library written" in result.output and "all 2 classes failed" in result.output
+    assert not out.exists()
     assert KEY not in result.output
     assert not out.exists() or KEY.encode() not in out.read_bytes()
     if cache.exists():
@@ -394,15 +440,18 @@ def test_explain_similarities_are_cosines_to_the_image_embedding(planted_backbon
 
     det = Detector(planted_backbone, cache_dir=None, prompts=_library(tmp_path / "lib.json"))
     img, _ = spot_image(200, 320, seed=2)
-    r = det(img, "widget", explain=5)
-    assert sorted(t for t, _ in r.descriptors) == sorted(DESCRIPTORS)
+    candidates = det.descriptors("widget")
+    assert len(candidates) == len(DESCRIPTORS) + 7 and candidates[: len(DESCRIPTORS)] == DESCRIPTORS
+    r = det(img, "widget", explain=len(candidates))
+    assert sorted(d.text for d in r.descriptors) == sorted(candidates)
     bb = planted_backbone
     g, _ = bb.global_embedding(bb.penultimate(bb.tokens(bb.preprocess([load_image(img)]))))
-    text = F.normalize(bb.encode_text(DESCRIPTORS), dim=-1)
-    expected = dict(zip(DESCRIPTORS, (text @ F.normalize(g[0], dim=-1)).tolist()))
-    for t, s in r.descriptors:
-        assert s == pytest.approx(expected[t], abs=1e-5)
-    assert [s for _, s in r.descriptors] == pytest.approx(sorted(expected.values(), reverse=True), abs=1e-5)
+    text = F.normalize(bb.encode_text(candidates), dim=-1)
+    expected = dict(zip(candidates, (text @ F.normalize(g[0], dim=-1)).tolist()))
+    for d in r.descriptors:
+        assert d.similarity == pytest.approx(expected[d.text], abs=1e-5)
+    assert [d.similarity for d in r.descriptors] == pytest.approx(sorted(expected.values(), reverse=True), abs=1e-5)
+    assert len(det(img, "widget", explain=5).descriptors) == 5  # exactly N when N exist
     assert det(img, "widget").descriptors == []  # explain=0: none
 
 
@@ -426,7 +475,8 @@ def test_rerun_without_labels_removes_stale_metrics(tmp_path):
 def test_duplicate_seeds_run_once(tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", n_good=1, n_defect=1)
     out = tmp_path / "out"
-    result = invoke("run", "--data", data, "--out", out, "--seeds", "0,0", *FAST)
+    result = invoke("run", "--data", data, "--out", out, "--seeds", "0,0", "--shots", "1",
+                    "--normals", data / "widget" / "test" / "good", *FAST)
     assert result.exit_code == 0, result.output
     assert result.output.count("--- seed") == 0  # one distinct seed: a single plain run
     assert (out / "scores.csv").is_file() and not (out / "seed_0").exists()

@@ -274,3 +274,31 @@ def test_rank_one_transfer_random_batch_identity_properties():
     # a window whose local embedding equals the global one leaves the text untouched
     same = rank_one_transfer(g, g.unsqueeze(1) * 3.0, text)
     torch.testing.assert_close(same[:, 0], text, atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------ numerical safety (exact ties)
+def test_harmonic_aggregation_is_finite_on_exact_zeros_and_rounding_negatives():
+    """Identical windows give distances of exactly 0 or a few ulp below it; the aggregation
+    must stay finite and non-negative (it was inf when reciprocals cancelled)."""
+    from alfa_ad.scoring.windows import SCORE_FLOOR, coverage_matrix, harmonic_aggregation, harmonic_mean, make_window_indices
+
+    win = make_window_indices((4, 4), 2)
+    cover = coverage_matrix(win, 16)
+    for scores in (torch.zeros(1, win.shape[0]), torch.full((1, win.shape[0]), -6e-8),
+                   torch.tensor([[6e-8, -6e-8] * (win.shape[0] // 2) + [0.0] * (win.shape[0] % 2)])):
+        bound = float(scores.clamp_min(0).max()) + 10 * SCORE_FLOOR  # a harmonic mean <= its largest term
+        out = harmonic_aggregation(scores, cover)
+        assert torch.isfinite(out).all() and (out >= 0).all() and out.max() <= bound
+        across = harmonic_mean(torch.stack([out, out]), dim=0)
+        assert torch.isfinite(across).all() and across.max() <= bound
+
+
+def test_nearest_neighbour_distance_of_identical_features_is_exactly_in_range():
+    from alfa_ad.scoring.memory import nearest_neighbour_distance
+
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(50, 640, generator=g) * 37.0  # large norms: cos(x, x) rounds above 1
+    d = nearest_neighbour_distance(bank, bank)
+    assert (d >= 0).all() and (d <= 1).all() and d.max() < 1e-6
+    far = nearest_neighbour_distance(-bank[:3], bank[:1])
+    assert (far <= 1).all()

@@ -5,7 +5,7 @@ A new command lives in its own module here and is imported below.
 
 from __future__ import annotations
 
-from . import demo, prompts, run  # noqa: F401  (each registers its commands on ``app``)
+from . import demo, doctor, explain, prompts, report, run, serve, weights  # noqa: F401  (each registers its commands)
 from .common import app, console, fail, say
 
 __all__ = ["app", "console", "fail", "say", "main"]

@@ -33,8 +33,9 @@ def _parse_ints(text: str, what: str, minimum: int = 1) -> tuple[int, ...]:
 
 def _print_table(rows: list[list[str]], title: str) -> None:
     table = Table(title=escape(title))
-    for i, head in enumerate(rows[0]):
-        table.add_column(head, justify="left" if i == 0 else "right")
+    for i, head in enumerate(rows[0]):  # class names wrap instead of being cut with an ellipsis
+        table.add_column(head, justify="left" if i == 0 else "right", overflow="fold" if i == 0 else "ellipsis",
+                         no_wrap=i != 0)
     for r in rows[1:]:
         table.add_row(*[escape(c) for c in r])
     Console().print(table)

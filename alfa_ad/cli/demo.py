@@ -7,11 +7,12 @@ from typing import Optional
 
 import typer
 
-from .. import __version__
 from ..io.datasets import discover
-from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..model.names import DEFAULT_PRETRAINED
+from ..outputs.record import RunOptions, build_record
+from ..outputs.writers import clear_previous
 from .common import app, say
-from .run import _detector, _run
+from .run_support import build_detector, check_out, run_with_progress
 
 
 @app.command()
@@ -20,22 +21,21 @@ def demo(
     method: str = typer.Option("alfa", "--method", help="alfa or winclip."),
     weights: str = typer.Option("planted", "--weights",
                                 help="planted (hand-made test model, default), random, or pretrained."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model"),
+    model: Optional[str] = typer.Option(None, "--model"),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained"),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Generate synthetic parts with painted red spots and run the whole pipeline on them."""
     from ..demo import make_synthetic_dataset
 
+    check_out(out)
+    detector = build_detector(method, model, pretrained, None, weights, 0, device, "2,3", None, 8)
     data = make_synthetic_dataset(out / "data")
-    detector = _detector(method, model, pretrained, None, weights, 0, device, "2,3", None, 8)
     say(f"alfa-ad demo: {method}, {detector.weights_label}")
-    config = {"method": method, "shots": 0, "model": detector.backbone.weights.model_name,
-              "weights": detector.weights_label, "weights_source": detector.backbone.weights.as_dict(),
-              "scales": [2, 3], "prompt_sources": [s.name for s in detector.sources], "data": str(data),
-              "version": __version__}
     dataset, warnings = discover(data)
-    if not _run(detector, dataset, out / "results", True, config, warnings=warnings).rows:
+    options = RunOptions(data=str(data))
+    record = build_record(detector, options, list(dataset), {c: detector.prompts(c).sources for c in dataset})
+    clear_previous(out / "results")
+    if not run_with_progress(detector, dataset, out / "results", record, options, overlays=True,
+                             warnings=warnings).rows:
         raise typer.Exit(1)
-
-

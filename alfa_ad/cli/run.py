@@ -1,160 +1,91 @@
-"""``alfa-ad run``: score a dataset and write scores, overlays and metrics."""
+"""``alfa-ad run``: score a dataset and write scores, overlays, masks and metrics."""
 
 from __future__ import annotations
 
-import random
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import __version__
-from ..detector import Detector
-from ..io.datasets import discover, train_images
-from ..io.images import InputError, iter_image_files
-from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, WeightsUnavailableError
-from ..prompting.library import LibraryError
-from ..runner import RunReport, aggregate_seeds, metrics_table, run_dataset, write_seed_summary
-from .common import _parse_ints, _print_table, app, console, fail, say
+from ..io.datasets import discover, is_class_folder, is_visa_root
+from ..io.images import InputError
+from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..outputs.record import RunOptions, build_record
+from ..outputs.tables import aggregate_seeds, write_seed_summary
+from ..outputs.writers import clear_previous, previous_outputs
+from .common import _parse_ints, _print_table, app, fail, say
+from .run_support import (build_detector, check_device, check_out, few_shot_prepare, name_map, reference_pools,
+                          run_with_progress, write_html_report)
 
-
-def _run(detector: Detector, dataset: dict, out: Path, overlays: bool, config: dict, *, explain: int = 0,
-         prepare=None, warnings: list[str] | None = None) -> RunReport:
-    total = sum(len(v) for v in dataset.values())
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        task = progress.add_task("scoring", total=total)
-        seen: dict[str, int] = {}
-
-        def on_progress(cls: str, done: int, _n: int) -> None:
-            seen[cls] = done
-            progress.update(task, completed=sum(seen.values()), description=f"scoring {escape(cls)}")
-
-        def on_error(msg: str) -> None:
-            progress.console.print(f"[yellow]skipped:[/] {escape(msg)}", soft_wrap=True, highlight=False)
-
-        report = run_dataset(detector, dataset, out, config, overlays=overlays, explain=explain,
-                             warnings=warnings or [], prepare=prepare, on_progress=on_progress, on_error=on_error)
-    for w in report.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
-    for cls, facts in report.classes.items():
-        kept = facts.get("mean_prompts_kept")
-        line = f"{cls}: prompt sources {facts['prompt_sources']}"
-        if kept:
-            line += f"; prompts kept per image on average: {kept['normal']:.1f} normal, {kept['abnormal']:.1f} abnormal"
-        if facts.get("thresholds"):
-            line += f"; {facts['thresholds']['description']}"
-        say(line)
-    if report.metrics:
-        _print_table(metrics_table(report.metrics, report.mean_metrics()),
-                     f"alfa-ad {config['method']}, {config['shots']}-shot - {config['weights']}")
-    skipped_classes = sum(e.startswith("class ") for e in report.errors)
-    say(f"{len(report.rows)} images scored, {len(report.errors) - skipped_classes} images skipped, "
-        f"{skipped_classes} classes skipped, {report.seconds:.1f} s; outputs in {out} ({config['weights']})")
-    return report
-
-
-def _detector(method: str, model: str, pretrained: str, checkpoint: Optional[Path], weights: str, seed: int,
-              device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int,
-              prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False,
-              text: bool = True) -> Detector:
-    if method not in ("alfa", "winclip"):
-        fail(f"--method must be alfa or winclip, got {method!r}")
-    if batch_size < 1:
-        fail("--batch-size must be at least 1")
-    if prompts is not None and not prompts.is_file():
-        fail(f"{prompts}: prompt library not found")
-    options: dict[str, Any] = {"anomalib_compat": True} if anomalib_compat else {}
-    if anomalib_compat and method != "winclip":
-        fail("--anomalib-compat applies to --method winclip only")
-    if not text:
-        if method != "alfa":
-            fail("--no-text applies to --method alfa only")
-        options["use_text"] = False
-    try:
-        return Detector(method=method, model=model, pretrained=pretrained, checkpoint=checkpoint, weights=weights,
-                        seed=seed, device=device, scales=_parse_ints(scales, "--scales"),
-                        cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,
-                        prompts=prompts, llm_prompts=llm, **options)
-    except (WeightsUnavailableError, LibraryError, ValueError) as exc:
-        fail(str(exc))
-
-
-def _references(data: Path, normals: Optional[Path], class_name: str) -> tuple[list[Path], str]:
-    """Candidate normal images for a class and where they came from."""
-    if normals is not None:
-        folder = normals / class_name if (normals / class_name).is_dir() else normals
-        return iter_image_files(folder), str(folder)
-    return train_images(data, class_name), f"{data}/{class_name}/train/good"
-
-
-def _few_shot_prepare(data: Path, normals: Optional[Path], shots: str, seed: int, coreset: Optional[int],
-                      calibrate: Optional[Path], fpr: float):
-    def prepare(detector: Detector, class_name: str) -> dict[str, Any]:
-        facts: dict[str, Any] = {}
-        if shots != "0":
-            pool, where = _references(data, normals, class_name)
-            if shots == "all":
-                chosen = pool
-            else:
-                k = int(shots)
-                if len(pool) < k:
-                    raise ValueError(f"only {len(pool)} normal images in {where}, --shots {k} asked")
-                chosen = sorted(random.Random(seed).sample(pool, k))
-            if not chosen:
-                raise ValueError(f"no normal images in {where}")
-            warns = detector.fit_normals(chosen, coreset=coreset, seed=seed)
-            facts.update({"references": [str(p) for p in chosen], "memory_bank_size": detector.method.bank_size,
-                          "reference_warnings": warns})
-            for w in warns:
-                console.print(f"[yellow]warning:[/] {escape(class_name)}: {escape(w)}", soft_wrap=True)
-        if calibrate is not None:
-            folder = calibrate / class_name if (calibrate / class_name).is_dir() else calibrate
-            facts["thresholds"] = detector.calibrate(iter_image_files(folder), class_name, fpr).as_dict()
-        elif shots != "0" and len(detector.normals) >= 2:
-            facts["thresholds"] = detector.calibrate(None, class_name, fpr).as_dict()
-        return facts
-
-    return prepare
+# kept for callers of the earlier module layout
+_detector = build_detector
 
 
 @app.command()
 def run(
-    data: Path = typer.Option(..., "--data", help="MVTec-layout root, VisA root, one class folder, or a folder of images."),
-    out: Path = typer.Option(Path("runs/latest"), "--out", help="Output folder."),
-    shots: str = typer.Option("0", "--shots", help="Normal reference images per class: 0 (zero-shot), k, or all."),
+    data: Path = typer.Option(..., "--data", help="MVTec-layout root, VisA root, one class folder, a folder of "
+                              "images, or one image file."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="Output folder (an earlier run's outputs in it are "
+                             "replaced)."),
+    shots: Optional[str] = typer.Option(None, "--shots", help="Normal reference images per class: 0 (zero-shot), k, or "
+                                        "all (default: all when --normals is given, else 0)."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling references (and random weights)."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma list of seeds: one run each, mean ± std."),
-    normals: Optional[Path] = typer.Option(None, "--normals", help="Folder of normal references (or DIR/<class>)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma list of seeds for few-shot: one run each, mean ± std."),
+    normals: Optional[Path] = typer.Option(None, "--normals", help="Folder of normal references (or DIR/<class>); "
+                                           "implies few-shot."),
     coreset: Optional[int] = typer.Option(4096, "--coreset", help="Most memory-bank features per layer (greedy k-center)."),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="Folder of extra normal images for thresholds."),
     fpr: float = typer.Option(0.01, "--fpr", help="Target false-positive rate of the thresholds."),
     classes: Optional[str] = typer.Option(None, "--classes", help="mvtec, visa, or a comma list of classes."),
-    class_name: str = typer.Option("object", "--class-name", help="Object name for a plain folder of images."),
+    class_name: Optional[str] = typer.Option(None, "--class-name", help="Object name in the prompts (default: the "
+                                             "folder name, or 'object'); NAME, or folder=name,folder2=name2."),
+    prompt_class: Optional[str] = typer.Option(None, "--prompt-class", help="Prompt-library class to use for the "
+                                               "data (e.g. hazelnut for a folder hazelnut_toy); NAME or folder=name."),
     method: str = typer.Option("alfa", "--method", help="alfa or winclip."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
     llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts (ALFA)."),
     text: bool = typer.Option(True, "--text/--no-text", help="ALFA few-shot: --no-text scores with the memory bank alone."),
-    explain: int = typer.Option(0, "--explain", help="Write the top-N LLM descriptors per image."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="open_clip model name."),
+    explain: int = typer.Option(0, "--explain", help="Write the top-N LLM descriptions per image."),
+    model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model name (default {DEFAULT_MODEL}, or the "
+                                        "one a --checkpoint's manifest names)."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file for --model."),
-    weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test), planted (test model) or mini (mini-CLIP trained here)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
+    weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test), planted (test model) or mini (mini-CLIP trained here, not a real CLIP)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     scales: str = typer.Option("2,3", "--scales", help="Window sizes in patches."),
+    tile: str = typer.Option("auto", "--tile", help="auto, none or a tile side in pixels: score large or elongated "
+                             "images in overlapping square tiles (auto: when squashing would distort by > 2:1 or "
+                             "shrink by > 4.5x; docs/method.md)."),
     anomalib_compat: bool = typer.Option(False, "--anomalib-compat", help="WinCLIP exactly as anomalib 2.x computes it."),
     batch_size: int = typer.Option(8, "--batch-size"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write heat-map overlays."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: images already "
+                                "scored are skipped, metrics come out as if it had not stopped."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Threads decoding images ahead of the model "
+                                          "(default: min(4, CPUs))."),
+    overlay_scale: str = typer.Option("class", "--overlay-scale",
+                                      help="class: one colour scale per class; image: each map's own range."),
+    vlm_explain: int = typer.Option(0, "--vlm-explain", help="Ask a vision-language model for a verdict on the N "
+                                    "highest-scoring images (OpenAI protocol; see alfa-ad explain)."),
+    vlm_model: Optional[str] = typer.Option(None, "--vlm-model", help="Vision model name for --vlm-explain."),
+    vlm_base_url: Optional[str] = typer.Option(None, "--vlm-base-url", help="Its endpoint (default $OPENAI_BASE_URL)."),
+    vlm_fuse: Optional[float] = typer.Option(None, "--vlm-fuse", help="Weight w in [0, 1]: scores.json's score of an "
+                                             "explained image becomes (1-w) score + w p_VLM (docs/method.md 1c)."),
+    rules: Optional[Path] = typer.Option(None, "--rules", help="Normality rules (text or YAML) for --vlm-explain."),
 ) -> None:
-    """Score every test image under --data; write scores, overlays and metrics to --out."""
+    """Score every test image under --data; write scores, overlays, masks and metrics to --out."""
     from ..prompting.llm import resolve_classes
 
+    if shots is None:
+        shots = "all" if normals is not None else "0"
     if shots != "all" and not shots.isdigit():
         fail(f"--shots must be a number or 'all', got {shots!r}")
     shots = shots if shots == "all" else str(int(shots))  # "00" -> "0"
+    if normals is not None and shots == "0":
+        fail("--normals gives references for few-shot, but --shots is 0; drop --shots or give --shots k|all")
     if normals is not None and not normals.is_dir():
         fail(f"{normals}: --normals folder not found")
     if calibrate is not None and not calibrate.is_dir():
@@ -163,41 +94,89 @@ def run(
         fail(f"--fpr must be between 0 and 1, got {fpr}")
     if coreset is not None and coreset < 1:
         fail("--coreset must be at least 1")
+    if explain < 0:
+        fail("--explain must be 0 or more")
+    if not text and shots == "0":
+        fail("--no-text needs normal references (--shots k or all, or --normals)")
+    if seeds and shots == "0":
+        fail("--seeds draws different references per seed; zero-shot has none to draw (use --shots k)")
+    check_out(out)
+    check_device(device)
     try:
         wanted = resolve_classes(classes) if classes else None
-        dataset, warnings = discover(data, wanted, class_name)
+        dataset, warnings = discover(data, wanted, "object")
     except (InputError, ValueError) as exc:
         fail(str(exc))
+    plain = data.is_file() or not (is_visa_root(data) or is_class_folder(data) or
+                                   any(is_class_folder(p) for p in data.iterdir() if p.is_dir()))
+    names = name_map(class_name, list(dataset), "--class-name")
+    libs = name_map(prompt_class, list(dataset), "--prompt-class")
+    if plain and names:  # a plain folder's one class takes the given name everywhere
+        dataset = {names[c]: [replace(s, class_name=names[c]) for s in v] for c, v in dataset.items()}
+        libs = {names.get(c, c): v for c, v in libs.items()}
+        names = {}
     seed_list = tuple(dict.fromkeys(_parse_ints(seeds, "--seeds", minimum=0))) if seeds else (seed,)
-    detector = _detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir, batch_size,
-                         prompts, llm, anomalib_compat, text)
-    if not text and shots == "0":
-        fail("--no-text needs normal references (--shots k or all)")
+    pools = {}
+    if shots != "0":
+        pools = reference_pools(data, normals, list(dataset), plain)
+        need = None if shots == "all" else int(shots)
+        short = {c: (len(p), where) for c, (p, where) in pools.items() if len(p) < (need or 1)}
+        if short and len(short) == len(pools):
+            fail("; ".join(f"class {c!r} has {n} normal images ({where})" for c, (n, where) in short.items())
+                 + f" but --shots {shots} asks for {need or 'at least one'}")
+        for c, (n, where) in short.items():
+            warnings.append(f"class {c!r} skipped: {n} normal images ({where}), --shots {shots}")
+            dataset.pop(c)
+    detector = build_detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir,
+                              batch_size, prompts, llm, anomalib_compat, text, tile)
+    for cls, lib in libs.items():
+        detector.set_prompt_class(names.get(cls, cls), lib)
     say(f"alfa-ad {__version__}: {method}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
+    if workers is not None and workers < 1:
+        fail("--workers must be at least 1")
+    if vlm_explain < 0 or (vlm_explain and not vlm_model):
+        fail("--vlm-explain N needs N >= 0 and --vlm-model NAME")
+    if vlm_fuse is not None and not (vlm_explain and 0.0 <= vlm_fuse <= 1.0):
+        fail("--vlm-fuse W needs --vlm-explain and W in [0, 1]")
+    if rules is not None and not rules.is_file():
+        fail(f"{rules}: --rules file not found")
+    if overlay_scale not in ("class", "image"):
+        fail(f"--overlay-scale must be class or image, got {overlay_scale!r}")
+    if resume and len(seed_list) > 1:
+        fail("--resume continues one run; with --seeds, resume each seed_<s> folder with --seed s")
+    if resume:
+        if not (out / ".resume" / "state.json").is_file():
+            fail(f"{out}: nothing to resume (no checkpoint of an interrupted run there); run without --resume")
+        say(f"resuming the run in {out}")
+    elif previous_outputs(out):
+        say(f"{out} holds an earlier run's outputs: they are replaced")
+        clear_previous(out)
     reports = []
     for s in seed_list:
-        config = {"method": method, "shots": shots, "seed": s, "model": model, "pretrained": pretrained,
-                  "checkpoint": str(checkpoint) if checkpoint else None, "weights": detector.weights_label,
-                  "weights_source": detector.backbone.weights.as_dict(),
-                  "scales": list(detector.method.geometry.scales), "prompt_sources": [x.name for x in detector.sources],
-                  "prompts_file": str(prompts) if prompts else None, "anomalib_compat": anomalib_compat, "text": text,
-                  "normals": str(normals) if normals else None, "coreset": coreset,
-                  "calibrate": str(calibrate) if calibrate else None, "fpr": fpr, "data": str(data),
-                  "torch_seed_weights": seed, "version": __version__}
-        prepare = None
-        if shots != "0" or calibrate is not None:
-            prepare = _few_shot_prepare(data, normals, shots, s, coreset, calibrate, fpr)
+        options = RunOptions(data=str(data), shots=shots, seed=s, normals=str(normals) if normals else None,
+                             coreset=coreset if shots != "0" else None, explain=explain, class_names=names,
+                             prompt_classes=libs, seeds=list(seed_list) if len(seed_list) > 1 else None)
+        if calibrate is not None:
+            options.calibrate, options.fpr = str(calibrate), fpr
+        elif shots == "all" or int(shots) >= 2:
+            options.calibrate, options.fpr = "leave-one-out", fpr
+        prompt_counts = {c: detector.prompts(names.get(c, c)).sources for c in dataset}
+        record = build_record(detector, options, list(dataset), prompt_counts)
+        prepare = few_shot_prepare(pools, options, calibrate) if (shots != "0" or calibrate is not None) else None
         target = out if len(seed_list) == 1 else out / f"seed_{s}"
         if len(seed_list) > 1:
             say(f"--- seed {s} -> {target}")
         detector.clear_normals()
-        reports.append(_run(detector, dataset, target, overlays, config, explain=explain, prepare=prepare,
-                            warnings=list(warnings)))
+        reports.append(run_with_progress(detector, dataset, target, record, options, overlays=overlays,
+                                         prepare=prepare, warnings=list(warnings), resume=resume, workers=workers,
+                                         overlay_scale=overlay_scale,
+                                         vlm=dict(n=vlm_explain, model=vlm_model, base_url=vlm_base_url,
+                                                  fuse=vlm_fuse, rules=rules) if vlm_explain else None))
     if not any(r.rows for r in reports):
         raise typer.Exit(1)
     if len(seed_list) > 1:
-        rows = write_seed_summary(out, {**reports[0].config, "seed": None}, seed_list, aggregate_seeds(reports))
+        rows = write_seed_summary(out, {**reports[0].config, "seed": None}, seed_list,
+                                  aggregate_seeds([r.metrics for r in reports]))
         _print_table(rows, f"mean ± std over seeds {','.join(map(str, seed_list))} - {detector.weights_label}")
         say(f"seed summary in {out}/metrics_seeds.{{json,csv,md}}")
-
-
+        write_html_report(out)

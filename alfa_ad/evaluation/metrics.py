@@ -271,16 +271,22 @@ def _pro_from_sorted(pos_sorted: np.ndarray, ids_sorted: np.ndarray, n_regions: 
         f_cur = (n_neg - n_lt) / n_neg
         p_prev = np.minimum(total - cum[np.searchsorted(ps, u, side="right")], 1.0)
         p_cur = np.minimum(total - cum[np.searchsorted(ps, u, side="left")], 1.0)
-        keep = f_prev < fpr_limit
-        f_prev, f_cur, p_prev, p_cur = f_prev[keep], f_cur[keep], p_prev[keep], p_cur[keep]
-        # the segment crossing fpr_limit ends at the linearly interpolated point
-        over = f_cur > fpr_limit
-        if over.any():
-            frac = (fpr_limit - f_prev[over]) / (f_cur[over] - f_prev[over])
-            p_cur[over] = p_prev[over] + (p_cur[over] - p_prev[over]) * frac
-            f_cur[over] = fpr_limit
-        area += float(np.dot(f_cur - f_prev, (p_cur + p_prev) * 0.5))
+        area += pro_segments_area(f_prev, f_cur, p_prev, p_cur, fpr_limit)
     return float(area / fpr_limit)
+
+
+def pro_segments_area(f_prev: np.ndarray, f_cur: np.ndarray, p_prev: np.ndarray, p_cur: np.ndarray,
+                      fpr_limit: float) -> float:
+    """Trapezoid area of PRO-curve segments ``(f_prev, p_prev) -> (f_cur, p_cur)`` left of
+    ``fpr_limit``; the segment crossing it ends at the linearly interpolated point."""
+    keep = f_prev < fpr_limit
+    f_prev, f_cur, p_prev, p_cur = f_prev[keep], f_cur[keep].copy(), p_prev[keep], p_cur[keep].copy()
+    over = f_cur > fpr_limit
+    if over.any():
+        frac = (fpr_limit - f_prev[over]) / (f_cur[over] - f_prev[over])
+        p_cur[over] = p_prev[over] + (p_cur[over] - p_prev[over]) * frac
+        f_cur[over] = fpr_limit
+    return float(np.dot(f_cur - f_prev, (p_cur + p_prev) * 0.5))
 
 
 # --------------------------------------------------------------------------- image level

@@ -90,29 +90,56 @@ def _visa_rows(root: Path) -> list[dict[str, str]]:
     return rows
 
 
+VISA_NORMAL_LABELS = ("normal", "good", "0", "ok")
+VISA_ANOMALOUS_LABELS = ("anomaly", "anomalous", "abnormal", "bad", "defect", "defective", "1", "ng")
+
+
+def _visa_label(value: str | None) -> int | None:
+    """0 normal, 1 anomalous, None when the label is empty or unknown."""
+    text = (value or "").strip().lower()
+    if text in VISA_NORMAL_LABELS:
+        return 0
+    if text in VISA_ANOMALOUS_LABELS:
+        return 1
+    return None
+
+
+def _split(row: dict[str, str]) -> str:
+    return (row.get("split") or "").strip().lower()
+
+
 def visa_samples(root: Path, classes: Sequence[str] | None) -> tuple[dict[str, list[Sample]], list[str]]:
-    """Test samples of a VisA release root, as listed in ``split_csv/1cls.csv``."""
+    """Test samples of a VisA release root, as listed in ``split_csv/1cls.csv``.
+
+    Fields are stripped and the split is matched case-insensitively (``Test`` is
+    ``test``); a row with an empty or unknown label is reported and skipped.
+    """
     rows = _visa_rows(root)
-    available = list(dict.fromkeys(r["object"] for r in rows))
+    available = list(dict.fromkeys(r["object"].strip() for r in rows))
     if classes:
         unknown = [c for c in classes if c not in available]
         if unknown:
             raise InputError(f"{root}: missing class {', '.join(unknown)}; available: {', '.join(available)}")
     out: dict[str, list[Sample]] = {c: [] for c in (classes or available)}
     warnings: list[str] = []
-    for r in rows:
-        if r["object"] not in out or r["split"] != "test":
+    for line, r in enumerate(rows, start=2):
+        obj = r["object"].strip()
+        if obj not in out or _split(r) != "test":
             continue
-        if not (r.get("image") or "").strip() or r.get("label") is None:
-            raise InputError(f"{root / VISA_SPLIT}: row for {r['object']!r} lacks its image or label field")
-        anomalous = r["label"].strip().lower() not in ("normal", "good", "0")
+        image = (r.get("image") or "").strip()
+        if not image:
+            raise InputError(f"{root / VISA_SPLIT}: line {line} ({obj!r}) lacks its image field")
+        label = _visa_label(r.get("label"))
+        if label is None:
+            warnings.append(f"{root / VISA_SPLIT}: line {line} ({image}) has label {r.get('label')!r}, neither normal "
+                            f"({'/'.join(VISA_NORMAL_LABELS)}) nor anomalous; row skipped")
+            continue
         mask_field = (r.get("mask") or "").strip()
-        mask = root / mask_field if anomalous and mask_field else None
-        if anomalous and (mask is None or not mask.is_file()):
-            warnings.append(f"{root / r['image']}: defect image without mask; counted for image metrics only")
+        mask = root / mask_field if label and mask_field else None
+        if label and (mask is None or not mask.is_file()):
+            warnings.append(f"{root / image}: defect image without mask; counted for image metrics only")
             mask = None
-        out[r["object"]].append(Sample(root / r["image"], r["object"], "anomaly" if anomalous else "good",
-                                       int(anomalous), mask, False))
+        out[obj].append(Sample(root / image, obj, "anomaly" if label else "good", label, mask, False))
     return out, warnings
 
 
@@ -120,7 +147,7 @@ def train_images(root: str | Path, class_name: str) -> list[Path]:
     """Normal training images of a class: ``<class>/train/good`` (MVTec) or the VisA train split."""
     root = Path(root)
     if is_visa_root(root):
-        rows = [r for r in _visa_rows(root) if r["object"] == class_name and r["split"] == "train"]
+        rows = [r for r in _visa_rows(root) if r["object"].strip() == class_name and _split(r) == "train"]
         if any(not (r.get("image") or "").strip() for r in rows):
             raise InputError(f"{root / VISA_SPLIT}: a train row of {class_name!r} lacks its image field")
         return sorted(root / r["image"].strip() for r in rows)
@@ -139,13 +166,17 @@ def discover(root: str | Path, classes: Sequence[str] | None = None, plain_class
       restricted to ``classes`` when given;
     * ``root/test/<type>/*``: ``root`` itself is one class folder;
     * ``root/split_csv/1cls.csv``: a VisA release (test split of that file);
-    * otherwise a plain folder of images (unlabelled), class ``plain_class``.
+    * otherwise a plain folder of images (unlabelled), class ``plain_class``;
+    * a single image file: that image alone, unlabelled, class ``plain_class``.
     """
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: data folder not found")
     if not root.is_dir():
-        raise InputError(f"{root}: not a folder")
+        if root.suffix.lower() in IMAGE_EXTENSIONS:  # one image: a plain "folder" of one
+            name = classes[0] if classes else plain_class
+            return {name: [Sample(root, name, "", None, None)]}, []
+        raise InputError(f"{root}: neither a folder nor an image file ({', '.join(IMAGE_EXTENSIONS)})")
     warnings: list[str] = []
     if is_visa_root(root):
         return visa_samples(root, classes)

@@ -6,6 +6,7 @@ for folders) whose message is a single line ``"<source>: <reason>"``.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
@@ -25,6 +26,7 @@ __all__ = [
     "InputError",
     "iter_image_files",
     "load_image",
+    "load_image_bytes",
     "load_mask",
 ]
 
@@ -175,11 +177,18 @@ def _read_file(path: Path, max_pixels: int) -> Image.Image:
     source = str(path)
     if path.is_dir():
         raise ImageLoadError(source, "is a directory, not an image")
+    return _decode(path, source, max_pixels)
+
+
+def _decode(file: Path | io.BytesIO, source: str, max_pixels: int, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Open, size-check (before decoding), fully decode and EXIF-orient a path or in-memory file.
+
+    ``formats``: the Pillow formats tried (None: every format Pillow knows)."""
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check replaces Pillow's warning-level bomb check.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(file, formats=formats) as image:
                 _check_size(image.size, max_pixels, source)
                 image.load()
                 return _upright(image)
@@ -194,7 +203,8 @@ def _read_file(path: Path, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(source, f"image too large ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise ImageLoadError(source, "not an image file (cannot identify image format)") from exc
+        accepted = f"; accepted: {', '.join(formats)}" if formats else ""
+        raise ImageLoadError(source, f"not an image file (cannot identify image format{accepted})") from exc
     except _DECODE_ERRORS as exc:
         raise ImageLoadError(source, f"truncated or corrupt image data ({exc})") from exc
 
@@ -246,6 +256,24 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         f"<{type(source).__name__}>",
         "unsupported image source; expected a path, PIL image or numpy array",
     )
+
+
+UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+
+
+def load_image_bytes(data: bytes, *, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
+                     formats: tuple[str, ...] | None = UPLOAD_FORMATS) -> Image.Image:
+    """Like :func:`load_image` for an encoded image held in memory (an upload, say).
+
+    The same checks as for a file: the pixel count is checked from the header before
+    decoding (decompression bombs), and every failure is an :class:`ImageLoadError`
+    ``"<source>: <reason>"``, ``source`` naming the upload.  Only ``formats`` are
+    tried (by default the formats of :data:`IMAGE_EXTENSIONS`), so untrusted bytes never
+    reach Pillow's rarer decoders.
+    """
+    if not data:
+        raise ImageLoadError(source, "empty upload (0 bytes)")
+    return _to_rgb(_decode(io.BytesIO(bytes(data)), source, max_pixels, formats), source)
 
 
 def _mask_from_image(image: Image.Image, source: str) -> np.ndarray:

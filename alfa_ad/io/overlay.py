@@ -1,4 +1,4 @@
-"""Anomaly-map visualisation: a numpy jet colormap and side-by-side overlays."""
+"""Anomaly-map visualisation: a numpy jet colormap, side-by-side overlays and a colour bar."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-__all__ = ["MAX_OVERLAY_SIDE", "colorize", "render_overlay"]
+__all__ = ["MAX_OVERLAY_SIDE", "THRESHOLD_COLOUR", "colorize", "fit_size", "render_overlay"]
 
 MAX_OVERLAY_SIDE = 1024
 _MASK_COVERAGE = 0.25  # fraction of a downscaled pixel that must be defect to count
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
+THRESHOLD_COLOUR = (255, 0, 255)  # magenta: not on the jet scale, apart from the white ground truth
 
 Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
@@ -34,7 +35,7 @@ def colorize(anomaly_map: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> n
     return np.round(np.stack(channels, axis=-1) * 255.0).astype(np.uint8)
 
 
-def _fit_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+def fit_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     """Scale ``(width, height)`` down so the longer side is at most ``max_side``."""
     width, height = size
     longest = max(width, height)
@@ -58,11 +59,12 @@ def _check_map_shape(name: str, array: np.ndarray, size: tuple[int, int]) -> Non
         )
 
 
-def _contour(mask: np.ndarray, thickness: int) -> np.ndarray:
-    """Inner boundary band of a bool mask, ``thickness`` pixels wide."""
+def _contour(mask: np.ndarray, thickness: int, at_border: bool = True) -> np.ndarray:
+    """Inner boundary band of a bool mask, ``thickness`` pixels wide (``at_border=False``:
+    not along the image's edges, where a region is only cut off by the frame)."""
     if not mask.any():
         return mask
-    return mask & ~ndimage.binary_erosion(mask, iterations=thickness)
+    return mask & ~ndimage.binary_erosion(mask, iterations=thickness, border_value=0 if at_border else 1)
 
 
 def _banner_font(size: tuple[int, int]) -> Font:
@@ -85,8 +87,8 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: float) ->
     return [*lines, current] if current else lines
 
 
-def _draw_banner(canvas: Image.Image, text: str) -> None:
-    """Draw white ``text`` on a black box across the top of ``canvas`` (in place)."""
+def _draw_banner(canvas: Image.Image, text: str) -> int:
+    """Draw white ``text`` on a black box across the top of ``canvas`` (in place); returns its height."""
     draw = ImageDraw.Draw(canvas)
     font = _banner_font(canvas.size)
     left, top, right, bottom = draw.textbbox((0, 0), "Ag", font=font)
@@ -98,6 +100,67 @@ def _draw_banner(canvas: Image.Image, text: str) -> None:
     for index, line in enumerate(lines):
         y = pad + index * (line_height + pad) - top
         draw.text((pad, y), line, fill=_WHITE, font=font)
+    return box_height
+
+
+def _label_decimals(vmin: float, vmax: float) -> int:
+    """Decimals that tell ``vmin`` and ``vmax`` apart (two significant digits of the span)."""
+    span = vmax - vmin
+    return int(min(8, max(2, np.ceil(-np.log10(span)) + 2))) if span > 0 else 2
+
+
+def _colorbar_font(height: int) -> Font:
+    return ImageFont.load_default(size=max(10, min(24, height // 22)))
+
+
+def _colorbar_width(height: int, vmin: float, vmax: float, threshold: float | None) -> int:
+    font = _colorbar_font(height)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    decimals = _label_decimals(vmin, vmax)
+    labels = [f"{v:.{decimals}f}" for v in (vmin, vmax)]
+    if threshold is not None:
+        labels.append(f"t {threshold:.{decimals}f}")
+    text = max(probe.textlength(t, font=font) for t in labels)
+    size = font.size if hasattr(font, "size") else 10
+    return int(3 * size // 2 + size // 2 + text + size // 2 + 4)
+
+
+def _draw_colorbar(canvas: Image.Image, left: int, top: int, vmin: float, vmax: float,
+                   threshold: float | None) -> None:
+    """A vertical jet bar from ``vmax`` (top) to ``vmin`` with value labels, on white, in place.
+
+    Drawn in the strip ``[left, canvas.width) x [top, canvas.height)``; the threshold, if any,
+    is a magenta line across the bar with its value.
+    """
+    if top >= canvas.height - 1:  # a tiny image under a tall banner: no room left
+        return
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((left, top, canvas.width - 1, canvas.height - 1), fill=_WHITE)
+    font = _colorbar_font(canvas.height)
+    size = font.size if hasattr(font, "size") else 10
+    x_bar, bar_w = left + size // 2, size
+    y0, y1 = top + size, canvas.height - size
+    if y1 - y0 < 4:
+        return
+    values = np.linspace(vmax, vmin, y1 - y0)[:, None].repeat(bar_w, axis=1)
+    canvas.paste(Image.fromarray(colorize(values, vmin, vmax)), (x_bar, y0))
+    decimals = _label_decimals(vmin, vmax)
+
+    def y_of(v: float) -> int:
+        return int(round(y0 + (vmax - v) / (vmax - vmin) * (y1 - y0 - 1)))
+
+    ticks = [(vmax, _BLACK, ""), (vmin, _BLACK, "")]
+    if threshold is not None and vmin <= threshold <= vmax:
+        ticks.append((threshold, THRESHOLD_COLOUR, "t "))
+    elif y1 - y0 > 4 * size:
+        ticks.append(((vmin + vmax) / 2, _BLACK, ""))
+    for v, colour, prefix in ticks:
+        y = y_of(v)
+        draw.line((x_bar - 2, y, x_bar + bar_w + 2, y), fill=colour, width=max(1, size // 8))
+        label = f"{prefix}{v:.{decimals}f}"
+        box = draw.textbbox((0, 0), label, font=font)
+        ty = min(max(y - (box[3] + box[1]) // 2, top), canvas.height - box[3])
+        draw.text((x_bar + bar_w + 4, ty), label, fill=colour, font=font)
 
 
 def render_overlay(
@@ -109,13 +172,19 @@ def render_overlay(
     alpha: float = 0.5,
     banner: str | None = None,
     mask: np.ndarray | None = None,
+    prediction: np.ndarray | None = None,
+    colorbar: bool = False,
+    threshold: float | None = None,
 ) -> Image.Image:
-    """Side-by-side RGB image ``[original | heat-map overlay]``.
+    """Side-by-side RGB image ``[original | heat-map overlay]`` (``| colour bar`` with ``colorbar``).
 
     ``anomaly_map`` (and ``mask``, if given) must be HxW with the image's size.
     Inputs whose longer side exceeds :data:`MAX_OVERLAY_SIDE` are downscaled
-    first. ``mask`` is drawn as a white contour on the overlay; ``banner`` is
-    drawn as white text on a black strip across the top.
+    first. ``mask`` (ground truth) is drawn as a white contour on the overlay,
+    ``prediction`` (the calibrated defect mask, see :mod:`alfa_ad.scoring.masks`) as a
+    magenta one; ``banner`` is drawn as white text on a black strip across the top.
+    ``colorbar`` adds a strip on the right with the ``vmin``..``vmax`` scale, its values
+    and the pixel ``threshold`` (a magenta tick).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -125,24 +194,34 @@ def render_overlay(
     truth = None if mask is None else np.asarray(mask, dtype=bool)
     if truth is not None:
         _check_map_shape("mask", truth, base.size)
+    predicted = None if prediction is None else np.asarray(prediction, dtype=bool)
+    if predicted is not None:
+        _check_map_shape("prediction", predicted, base.size)
 
-    size = _fit_size(base.size, MAX_OVERLAY_SIDE)
+    size = fit_size(base.size, MAX_OVERLAY_SIDE)
     if size != base.size:
         base = base.resize(size, Image.Resampling.LANCZOS)
         scores = _resize_float(scores, size)
         if truth is not None:
             truth = _resize_float(truth.astype(np.float32), size) >= _MASK_COVERAGE
+        if predicted is not None:
+            predicted = _resize_float(predicted.astype(np.float32), size) >= 0.5
 
     heat = colorize(scores, vmin, vmax).astype(np.float32)
     blended = (1.0 - alpha) * np.asarray(base, dtype=np.float32) + alpha * heat
     overlay = np.round(blended).clip(0, 255).astype(np.uint8)
+    thickness = max(1, max(size) // 512)
+    if predicted is not None:
+        overlay[_contour(predicted, thickness, at_border=False)] = THRESHOLD_COLOUR
     if truth is not None:
-        overlay[_contour(truth, thickness=max(1, max(size) // 512))] = _WHITE
+        overlay[_contour(truth, thickness)] = _WHITE
 
     width, height = size
-    canvas = Image.new("RGB", (2 * width, height))
+    strip = _colorbar_width(height, vmin, vmax, threshold) if colorbar else 0
+    canvas = Image.new("RGB", (2 * width + strip, height), _WHITE)
     canvas.paste(base, (0, 0))
     canvas.paste(Image.fromarray(overlay), (width, 0))
-    if banner:
-        _draw_banner(canvas, banner)
+    top = _draw_banner(canvas, banner) if banner else 0
+    if colorbar:
+        _draw_colorbar(canvas, 2 * width, top, vmin, vmax, threshold)
     return canvas

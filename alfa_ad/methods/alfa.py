@@ -83,6 +83,13 @@ class AlfaMethod:
     def clear_normals(self) -> None:
         self.bank = None
 
+    def export_bank(self):
+        """The fitted memory-bank state (opaque; for :meth:`import_bank`)."""
+        return self.bank
+
+    def import_bank(self, state) -> None:
+        self.bank = state
+
     @property
     def bank_size(self) -> int:
         return 0 if self.bank is None else sum(b.shape[0] for b in self.bank)

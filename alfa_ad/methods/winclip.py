@@ -79,6 +79,13 @@ class WinClipMethod:
     def clear_normals(self) -> None:
         self.ref_patches = self.ref_windows = None
 
+    def export_bank(self):
+        """The fitted reference state (opaque; for :meth:`import_bank`)."""
+        return (self.ref_patches, self.ref_windows)
+
+    def import_bank(self, state) -> None:
+        self.ref_patches, self.ref_windows = state
+
     @property
     def bank_size(self) -> int:
         if self.ref_patches is None:

@@ -15,53 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-DEFAULT_MODEL = "ViT-B-16-plus-240"
-DEFAULT_PRETRAINED = "laion400m_e31"
-WEIGHT_CHOICES = ("pretrained", "random", "planted", "mini")
+from .preprocess import Box, crop, image_to_tensor, resize_to_model
 
-
-class WeightsUnavailableError(RuntimeError):
-    """Raised when the requested CLIP weights cannot be obtained."""
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """Where the weights came from; printed on every output."""
-
-    model_name: str
-    source: str  # "pretrained" | "checkpoint" | "random" | "planted" | "mini" | "custom"
-    detail: str = ""
-
-    @property
-    def meaningful(self) -> bool:
-        """True for trained weights (pretrained tag or a checkpoint file)."""
-        return self.source in ("pretrained", "checkpoint")
-
-    @property
-    def label(self) -> str:
-        if self.source == "random":
-            return f"random weights ({self.model_name}, {self.detail}) - scores are not meaningful"
-        if self.source == "planted":
-            return f"planted weights (hand-constructed test model, {self.detail}) - not a real CLIP"
-        if self.source == "mini":  # mini-CLIP, alfa_ad/model/mini.py
-            from .mini import LABEL
-
-            return f"{LABEL} [{self.model_name}, {self.detail}]"
-        if self.source == "custom":
-            return f"custom weights ({self.model_name}{', ' + self.detail if self.detail else ''})"
-        return f"{self.source} weights {self.model_name} ({self.detail})"
-
-    def as_dict(self) -> dict:
-        return {"model": self.model_name, "source": self.source, "detail": self.detail, "label": self.label}
+from .names import DEFAULT_MODEL, DEFAULT_PRETRAINED, WEIGHT_CHOICES  # noqa: F401  (re-exported)
+from .weights import WeightsInfo, WeightsUnavailableError  # noqa: F401  (re-exported)
 
 
 def auto_device(device: str | None = None) -> torch.device:
@@ -104,8 +67,14 @@ class ClipBackbone:
     # ------------------------------------------------------------------ text
     @property
     def fingerprint(self) -> str:
-        """Identity of the text tower's weights (cache key for text embeddings):
-        a blake2b digest of every text-tower tensor's name, shape and bytes."""
+        """Identity of the text tower's weights (cache key for text embeddings).
+
+        Weights from a file: the model name and the file's SHA-256 (itself remembered by
+        file identity, so a warm start hashes nothing).  Otherwise a blake2b digest of
+        every text-tower tensor's name, shape and bytes."""
+        if self._fingerprint is None and self.weights.sha256:
+            self._fingerprint = hashlib.blake2b(f"{self.weights.model_name}|file-sha256|{self.weights.sha256}".encode(),
+                                                digest_size=16).hexdigest()
         if self._fingerprint is None:
             h = hashlib.blake2b(digest_size=16)
             h.update(self.weights.model_name.encode())
@@ -134,14 +103,13 @@ class ClipBackbone:
         return proj.shape[1] if proj is not None else self.clip.visual.transformer.width
 
     # ----------------------------------------------------------------- image
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Resize (bicubic, whole image, no crop) to the model size and normalise."""
-        h, w = self.image_size
-        arrays = [np.asarray(im.convert("RGB").resize((w, h), Image.BICUBIC), dtype=np.float32) for im in images]
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device, self.dtype)
+    def preprocess(self, images: Sequence[Image.Image], boxes: Sequence[Box | None] | None = None) -> torch.Tensor:
+        """Crop (``boxes``, default whole images), resize in torch (bicubic, antialiased,
+        no centre crop) to the model size and normalise: ``(B, 3, H, W)`` on the model's
+        device and dtype (:mod:`alfa_ad.model.preprocess`)."""
+        boxes = boxes if boxes is not None else [None] * len(images)
+        crops = [crop(image_to_tensor(im), box) for im, box in zip(images, boxes)]
+        return resize_to_model(crops, self.image_size, self.mean, self.std, self.device, self.dtype)
 
     def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Class + patch tokens after positional embedding, before ``ln_pre``: ``(B, 1+P, W)``."""
@@ -266,92 +234,3 @@ class ClipBackbone:
             x = v.transformer(v.ln_pre(x))
             outs.append(self.head(x[:, 0]).view(b, ix.shape[0], -1))
         return torch.cat(outs, 1)
-
-
-# --------------------------------------------------------------------- loading
-def _create(model_name: str, pretrained: str | None):
-    import open_clip
-
-    from .mini import register_config  # the mini-CLIP's config is findable by name
-
-    register_config()
-    if model_name not in open_clip.list_models():
-        raise ValueError(
-            f"unknown open_clip model {model_name!r}; see open_clip.list_models() (default {DEFAULT_MODEL})"
-        )
-    return open_clip.create_model(model_name, pretrained=pretrained), open_clip.get_tokenizer(model_name)
-
-
-def load_backbone(
-    model_name: str = DEFAULT_MODEL,
-    pretrained: str = DEFAULT_PRETRAINED,
-    *,
-    checkpoint: str | Path | None = None,
-    weights: str = "pretrained",
-    seed: int = 0,
-    device: str | None = None,
-    half: bool | None = None,
-) -> ClipBackbone:
-    """Build the backbone.
-
-    ``weights``: ``"pretrained"`` (open_clip downloads ``model_name``/``pretrained`` or uses
-    its cache), ``"random"`` (seeded random initialisation: smoke tests only), or
-    ``"planted"`` (the hand-constructed planted-alignment model of
-    :mod:`alfa_ad.model.planted`), or ``"mini"`` (the mini-CLIP trained here on
-    synthetic scenes, :mod:`alfa_ad.model.mini`; not a real CLIP).  ``checkpoint`` loads a local state-dict file with
-    ``weights_only=True`` into ``model_name``'s architecture and overrides ``weights``.
-    """
-    if weights not in WEIGHT_CHOICES:
-        raise ValueError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
-    if checkpoint is not None:
-        import open_clip
-
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise WeightsUnavailableError(f"{path}: checkpoint file not found")
-        clip, tokenizer = _create(model_name, None)
-        try:
-            open_clip.load_checkpoint(clip, str(path), weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the culprit named
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise WeightsUnavailableError(f"{path}: cannot load as {model_name} checkpoint ({msg})") from exc
-        info = WeightsInfo(model_name, "checkpoint", f"{path.name}, sha256 {_sha256(path)[:12]}")
-        if model_name == "alfa-mini-clip":  # mini-CLIP architecture: labelled as such (alfa_ad/model/mini.py)
-            info = WeightsInfo(model_name, "mini", info.detail)
-        return ClipBackbone(clip, tokenizer, info, device, half)
-    if weights == "mini":  # --- mini-CLIP trained here (alfa_ad/model/mini.py) ---
-        from .mini import load_mini_clip
-
-        clip, tokenizer, info = load_mini_clip()
-        return ClipBackbone(clip, tokenizer, info, device, half)
-    if weights == "planted":
-        from .planted import build_planted_clip
-
-        clip, tokenizer = build_planted_clip()
-        return ClipBackbone(clip, tokenizer, WeightsInfo("planted-vit", "planted", "colour cue: red, green or blue paint"), device, half)
-    if weights == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            clip, tokenizer = _create(model_name, None)
-        return ClipBackbone(clip, tokenizer, WeightsInfo(model_name, "random", f"seed {seed}"), device, half)
-    try:
-        clip, tokenizer = _create(model_name, pretrained)
-    except ValueError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - network / hub / file errors
-        cause = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise WeightsUnavailableError(
-            f"cannot obtain pretrained weights {model_name}/{pretrained} ({type(exc).__name__}: {cause}). "
-            "Fix: run once with internet access so open_clip can download and cache them, "
-            "or pass --checkpoint PATH to a local weights file, "
-            "or use --weights random for a smoke test (scores are then meaningless)."
-        ) from exc
-    return ClipBackbone(clip, tokenizer, WeightsInfo(model_name, "pretrained", pretrained), device, half)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -10,7 +10,9 @@ def nearest_neighbour_distance(query: torch.Tensor, bank: torch.Tensor, chunk: i
     """Cosine distance of each query feature to its nearest bank feature, halved to [0, 1].
 
     ``(1 - max_m cos(q, b_m)) / 2`` (WinCLIP's visual association score, eq. 4 of
-    WinCLIP), computed with batched matrix products.
+    WinCLIP), computed with batched matrix products and clamped to [0, 1]: rounding
+    makes ``cos`` of identical vectors come out a few ulp above 1, which must not turn
+    into a negative distance.
 
     Args:
         query: ``(..., d)`` features.  bank: ``(M, d)`` features (any norm).
@@ -24,8 +26,7 @@ def nearest_neighbour_distance(query: torch.Tensor, bank: torch.Tensor, chunk: i
     best = torch.full((q.shape[0],), -2.0, device=q.device)
     for s in range(0, b.shape[0], chunk):
         best = torch.maximum(best, (q @ b[s : s + chunk].T).amax(-1))
-    # clamped: rounding can put cos(q, b) a hair above 1, and a negative distance breaks harmonic means
-    return ((1.0 - best) / 2.0).clamp_min(0.0).reshape(shape)
+    return ((1.0 - best) / 2.0).clamp(0.0, 1.0).reshape(shape)
 
 
 def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:

@@ -26,24 +26,31 @@ def coverage_matrix(windows: torch.Tensor, n_patches: int) -> torch.Tensor:
     return cover
 
 
+SCORE_FLOOR = 1e-12  # scores are floored here before reciprocals (float32 math): finite, exact-tie safe
+
+
 def harmonic_aggregation(window_scores: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
     """Harmonic mean, per patch, of the scores of the windows covering it.
 
+    Scores are clamped to ``[SCORE_FLOOR, inf)`` first, so a window scoring exactly 0
+    (an exact tie with a reference, say) or a rounding error just below 0 gives a
+    patch value of at most ``SCORE_FLOOR``-scale instead of ``inf``/``nan``; the sum
+    of reciprocals is a matrix product, so no ``0 * inf`` can occur.
+
     Args:
-        window_scores: ``(B, n_windows)`` positive scores.
+        window_scores: ``(B, n_windows)`` non-negative scores.
         cover: ``(n_patches, n_windows)`` coverage matrix from :func:`coverage_matrix`.
 
     Returns:
         ``(B, n_patches)``.  A patch no window covers gets 0.
     """
-    covered = cover.to(window_scores.device).bool()  # (P, n)
-    # masked sum of reciprocals: a zero score makes its patches 0 without 0 * inf = nan elsewhere
-    inv = torch.where(covered, (1.0 / window_scores).unsqueeze(1), torch.zeros((), dtype=window_scores.dtype)).sum(-1)
-    count = covered.sum(-1).to(window_scores.dtype)  # (P,)
-    out = count / inv
-    return torch.where(count > 0, out, torch.zeros_like(out))
+    cover = cover.to(window_scores.device, window_scores.dtype)
+    inv = window_scores.clamp_min(SCORE_FLOOR).reciprocal() @ cover.T  # (B, P)
+    count = cover.sum(-1)  # (P,)
+    return torch.where(count > 0, count / inv.clamp_min(SCORE_FLOOR), torch.zeros_like(inv))
 
 
 def harmonic_mean(maps: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Harmonic mean along ``dim`` (used across scales)."""
-    return maps.shape[dim] / (1.0 / maps).sum(dim)
+    """Harmonic mean along ``dim`` (used across scales), with the same floor as
+    :func:`harmonic_aggregation`."""
+    return maps.shape[dim] / maps.clamp_min(SCORE_FLOOR).reciprocal().sum(dim)

@@ -3,7 +3,7 @@
 A :class:`Scene` is a small record (object kind, colour, background, style,
 placement, defect); :func:`render` turns it into an RGB image and the defect's
 ground-truth mask.  Geometry is relative, and every line width is in pixels of
-a 96 px view (:data:`MODEL_PX`, the mini-CLIP's input), so a scene looks the
+a 64 px view (:data:`MODEL_PX`, the mini-CLIP's input), so a scene looks the
 same to the model whatever size it is rendered at.  Training scenes and
 evaluation scenes come from different random streams (:data:`TRAIN_STREAM`,
 :data:`EVAL_STREAM`), so no evaluation scene is a training scene.
@@ -22,7 +22,7 @@ from .shapes import SHAPES, Frame
 from .textures import background
 from .vocab import BACKGROUNDS, COLOURS, OBJECTS, allowed_defects
 
-MODEL_PX = 96
+MODEL_PX = 64
 SUPERSAMPLE = 2
 TRAIN_STREAM = 0x7A11  # rng keys [TRAIN_STREAM, seed, index]
 EVAL_STREAM = 0xE7A1  # rng keys [EVAL_STREAM, seed, ...]

@@ -1,7 +1,7 @@
 """Train the mini-CLIP contrastively on procedural scenes (CPU; docs/mini_clip.md).
 
     python -m tools.mini_clip.train --seed 0 --steps 2400 \
-        --out alfa_ad/model/weights/mini_clip.safetensors --log runs/mini_clip/train.log
+        --out alfa_ad/model/shipped/mini_clip.safetensors --log runs/mini_clip/train.log
 
 Each step draws ``batch / variants`` training scenes (stream ``TRAIN_STREAM``,
 keys ``[seed, index]``) and renders each ``variants`` times, intact and with
@@ -40,7 +40,7 @@ from tools.mini_clip.captions import caption  # noqa: E402
 from tools.mini_clip.scenes import eval_rng, render_variants, sample_scene, train_rng  # noqa: E402
 from tools.mini_clip.vocab import HELD_OUT, OBJECTS, allowed_defects, readable  # noqa: E402
 
-CONFIG = REPO / "alfa_ad" / "model" / "weights" / "alfa-mini-clip.json"
+CONFIG = REPO / "alfa_ad" / "model" / "shipped" / "alfa-mini-clip.json"
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 MONITOR_NORMAL = ("a photo of a flawless {}.", "a photo of a {} without defect.", "a photo of a normal {}.")
@@ -57,30 +57,50 @@ def build_model(cfg: dict):
     return CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"])
 
 
-class SceneBatches(torch.utils.data.Dataset):
-    """Batch ``step``: uint8 images ``(B, 3, H, W)`` and token ids ``(B, ctx)``: ``B / variants``
-    scenes, each rendered intact and with ``variants - 1`` different defects allowed in training."""
+def _render_group(args):
+    """One training scene rendered intact and with ``variants - 1`` different defects."""
+    seed, index, size, variants = args
+    rng = train_rng(seed, index)
+    scene = sample_scene(rng, training=True, defect=None)
+    options = allowed_defects(scene.kind, True)
+    defects = [None] + [str(d) for d in rng.choice(options, variants - 1, replace=False)]
+    images = np.stack([img for img, _ in render_variants(scene, defects, size)])
+    return images, [scene.with_defect(d) for d in defects]
 
-    def __init__(self, seed: int, steps: int, batch: int, size: int, context: int, variants: int = 2) -> None:
-        if batch % variants:
-            raise ValueError(f"--batch {batch} is not a multiple of --variants {variants}")
-        self.seed, self.steps, self.size, self.context = seed, steps, size, context
-        self.scenes, self.variants = batch // variants, variants
 
-    def __len__(self) -> int:
-        return self.steps
+def render_pool(seed: int, scenes: int, size: int, variants: int, workers: int):
+    """``(uint8 images (scenes, variants, H, W, 3), scene records)``: the training images,
+    rendered once (the model then sees each several times, with freshly drawn captions)."""
+    jobs = [(seed, i, size, variants) for i in range(scenes)]
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            out = pool.map(_render_group, jobs, chunksize=32)
+    else:
+        out = [_render_group(j) for j in jobs]
+    return np.stack([o[0] for o in out]), [o[1] for o in out]
+
+
+class PoolBatches:
+    """Batch ``step``: ``batch / variants`` scene groups of the pool (a seeded permutation per
+    epoch), all their renderings, each with a caption drawn for ``(seed, step)``."""
+
+    def __init__(self, pool, records, seed: int, batch: int, context: int) -> None:
+        self.pool, self.records, self.seed, self.context = pool, records, seed, context
+        self.groups = batch // pool.shape[1]
+        if batch % pool.shape[1]:
+            raise ValueError(f"--batch {batch} is not a multiple of --variants {pool.shape[1]}")
 
     def __getitem__(self, step: int):
-        images, texts = [], []
-        for j in range(self.scenes):
-            rng = train_rng(self.seed, step * self.scenes + j)
-            scene = sample_scene(rng, training=True, defect=None)
-            options = allowed_defects(scene.kind, True)
-            defects = [None] + [str(d) for d in rng.choice(options, self.variants - 1, replace=False)]
-            for (img, _), d in zip(render_variants(scene, defects, self.size), defects):
-                images.append(img)
-                texts.append(caption(scene.with_defect(d), rng))
-        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        n = len(self.pool)
+        per_epoch = n // self.groups
+        epoch, k = divmod(step, per_epoch)
+        order = np.random.default_rng([self.seed, 0xB47C, epoch]).permutation(n)
+        idx = order[k * self.groups:(k + 1) * self.groups]
+        rng = np.random.default_rng([self.seed, 0xCA9, step])
+        texts = [caption(s, rng) for i in idx for s in self.records[i]]
+        x = torch.from_numpy(self.pool[idx].reshape(-1, *self.pool.shape[2:])).permute(0, 3, 1, 2).contiguous()
         return x, torch.stack([tokenize(t, self.context) for t in texts])
 
 
@@ -166,7 +186,8 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--workers", type=int, default=2, help="scene-rendering processes (0: in the training process)")
+    ap.add_argument("--workers", type=int, default=2, help="scene-rendering processes for the pool")
+    ap.add_argument("--pool", type=int, default=2500, help="training scenes rendered once (each --variants times)")
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--monitor", type=int, default=256, help="held-out scenes for the monitor AUROC")
     ap.add_argument("--config", type=Path, default=CONFIG)
@@ -184,11 +205,9 @@ def main(argv=None) -> None:
     from open_clip.loss import ClipLoss
 
     loss_fn = ClipLoss()
-    data = torch.utils.data.DataLoader(SceneBatches(args.seed, args.steps, args.batch, size, ctx, args.variants),
-                                       batch_size=None,
-                                       shuffle=False, num_workers=args.workers,
-                                       worker_init_fn=lambda _i: torch.set_num_threads(1),
-                                       prefetch_factor=2 if args.workers else None)
+    t_pool = time.perf_counter()
+    pool, records = render_pool(args.seed, args.pool, size, args.variants, args.workers)
+    batches = PoolBatches(pool, records, args.seed, args.batch, ctx)
     scenes, pixels = monitor_set(args.seed, args.monitor, size)
     log = open(args.log, "a") if args.log else None
     if args.log:
@@ -202,9 +221,12 @@ def main(argv=None) -> None:
 
     command = "python -m tools.mini_clip.train " + " ".join(argv if argv is not None else sys.argv[1:])
     say(f"# {command}\n# config {json.dumps(cfg)}\n# params {sum(p.numel() for p in model.parameters())}")
+    pool_s = time.perf_counter() - t_pool
+    say(f"# pool: {pool.shape[0]} scenes x {pool.shape[1]} renderings in {pool_s:.0f} s")
     t0, c0 = time.perf_counter(), time.process_time()
     last = {}
-    for step, (x, tokens) in enumerate(data):
+    for step in range(args.steps):
+        x, tokens = batches[step]
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for opt in opts:
             for g in opt.param_groups:
@@ -228,13 +250,13 @@ def main(argv=None) -> None:
             save(model, args.out.with_suffix(".partial.safetensors"), {"step": step + 1})
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     meta = {"config": "alfa-mini-clip", "config_json": json.dumps(cfg), "seed": args.seed, "steps": args.steps,
-            "batch": args.batch, "variants": args.variants, "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
-            "threads": args.threads, "wall_seconds": round(wall, 1), "main_process_cpu_seconds": round(cpu, 1),
+            "batch": args.batch, "variants": args.variants, "pool": args.pool, "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
+            "threads": args.threads, "wall_seconds": round(wall, 1), "pool_seconds": round(pool_s, 1), "main_process_cpu_seconds": round(cpu, 1),
             "command": command, "torch": torch.__version__, "platform": platform.platform(),
             "monitor": json.dumps(last), "note": "mini-CLIP trained on synthetic scenes - not a real CLIP"}
     save(model, args.out, meta)
     args.out.with_suffix(".partial.safetensors").unlink(missing_ok=True)
-    say(f"done: {args.steps} steps in {wall:.0f} s wall ({cpu:.0f} s CPU in the training process); saved {args.out}")
+    say(f"done: pool {pool_s:.0f} s, {args.steps} steps in {wall:.0f} s wall ({cpu:.0f} s CPU in the training process); saved {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,223 @@
+"""What ``run`` and ``demo`` share: building the detector from options, checking a run's
+inputs before the model loads, planning references, and printing a run's outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..io.datasets import Sample, train_images
+from ..io.images import InputError, iter_image_files
+from ..outputs.record import RunOptions
+from ..references import choose_references, few_shot_prepare as _few_shot_prepare  # noqa: F401
+from ..outputs.tables import metrics_table
+from ..registry import METHODS
+from .common import _parse_ints, _print_table, console, fail, say
+
+
+def check_device(device: Optional[str]) -> None:
+    """A usable ``--device`` or a one-line error (before any model is built)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        fail(f"--device {device!r} is not a device name ({str(exc).splitlines()[0]}); use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            fail(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            fail(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type not in ("cpu", "mps"):
+        fail(f"--device {device}: unsupported device type {dev.type!r}; use cpu or cuda")
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: --out must be a folder, and a file has that name")
+
+
+def build_detector(method: str, model: Optional[str], pretrained: str, checkpoint: Optional[Path], weights: str,
+                   seed: int, device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int,
+                   prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False,
+                   text: bool = True, tile: str = "auto"):
+    """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error."""
+    from ..detector import Detector
+    from ..model.weights import WeightsUnavailableError
+    from ..prompting.library import LibraryError
+    from ..scoring.tiling import parse_tile
+
+    if method not in METHODS:
+        fail(f"--method must be one of {', '.join(METHODS.names())}, got {method!r}")
+    if batch_size < 1:
+        fail("--batch-size must be at least 1")
+    if prompts is not None and not prompts.is_file():
+        fail(f"{prompts}: prompt library not found")
+    try:
+        parse_tile(tile)
+    except ValueError as exc:
+        fail(str(exc))
+    options: dict[str, Any] = {"anomalib_compat": True} if anomalib_compat else {}
+    if anomalib_compat and method != "winclip":
+        fail("--anomalib-compat applies to --method winclip only")
+    if not text:
+        if method != "alfa":
+            fail("--no-text applies to --method alfa only")
+        options["use_text"] = False
+    check_device(device)
+    try:
+        return Detector(method=method, model=model, pretrained=pretrained,
+                        checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
+                        seed=seed, device=device, scales=_parse_ints(scales, "--scales"), tile=tile,
+                        cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,
+                        prompts=str(prompts) if prompts else None, llm_prompts=llm, **options)
+    except (WeightsUnavailableError, LibraryError, ValueError) as exc:
+        fail(str(exc))
+
+
+def name_map(spec: Optional[str], classes: list[str], option: str) -> dict[str, str]:
+    """``NAME`` (one class in the data) or ``folder=name,folder2=name2`` -> {folder: name}."""
+    if not spec:
+        return {}
+    if "=" not in spec:
+        if len(classes) != 1:
+            fail(f"{option} {spec!r} names one class but the data holds {len(classes)} ({', '.join(classes)}); "
+                 f"select one with --classes or map them: {option} folder=name,folder2=name2")
+        return {classes[0]: " ".join(spec.split())}
+    out: dict[str, str] = {}
+    for item in spec.split(","):
+        folder, _, name = item.partition("=")
+        folder, name = folder.strip(), " ".join(name.split())
+        if not folder or not name:
+            fail(f"{option}: {item!r} is not folder=name")
+        if folder not in classes:
+            fail(f"{option}: no class {folder!r} in the data; classes: {', '.join(classes)}")
+        out[folder] = name
+    return out
+
+
+def reference_pools(data: Path, normals: Optional[Path], classes: list[str], plain: bool
+                    ) -> dict[str, tuple[list[Path], str]]:
+    """Per class, the candidate normal images and where they came from (checked up front)."""
+    pools = {}
+    for cls in classes:
+        if normals is not None:
+            folder = normals / cls if (normals / cls).is_dir() else normals
+            try:
+                pools[cls] = (iter_image_files(folder), str(folder))
+            except InputError as exc:
+                fail(str(exc))
+        elif plain:
+            fail(f"{data} is a plain folder of images, with no normal training images to draw --shots from; "
+                 "pass --normals DIR (a folder of normal images)")
+        else:
+            try:
+                pools[cls] = (train_images(data, cls), f"the train split of {cls}")
+            except InputError as exc:
+                pools[cls] = ([], f"{exc}")
+    return pools
+
+
+def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, record: dict, options: RunOptions, *,
+                      overlays: bool, prepare=None, warnings: list[str] | None = None, resume: bool = False,
+                      workers: int | None = None, overlay_scale: str = "class", report_html: bool = True,
+                      vlm: dict | None = None):
+    """Run the local engine with a progress bar, then print warnings, facts and the table."""
+    from ..runner import run_dataset
+
+    total = sum(len(v) for v in dataset.values())
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("scoring", total=total)
+        seen: dict[str, int] = {}
+
+        def on_progress(cls: str, done: int, _n: int) -> None:
+            seen[cls] = done
+            progress.update(task, completed=sum(seen.values()), description=f"scoring {escape(cls)}")
+
+        def on_error(msg: str) -> None:
+            progress.console.print(f"[yellow]skipped:[/] {escape(msg)}", soft_wrap=True, highlight=False)
+
+        try:
+            report = run_dataset(detector, dataset, out, record, options, overlays=overlays, warnings=warnings or [],
+                                 prepare=prepare, on_progress=on_progress, on_error=on_error, resume=resume,
+                                 workers=workers, overlay_scale=overlay_scale)
+        except ValueError as exc:
+            if not resume:
+                raise
+            fail(str(exc))
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
+    for cls, facts in report.classes.items():
+        kept = facts.get("mean_prompts_kept")
+        line = f"{cls}: prompt sources {facts['prompt_sources']}"
+        if kept:
+            line += f"; prompts kept per image on average: {kept['normal']:.1f} normal, {kept['abnormal']:.1f} abnormal"
+        if facts.get("thresholds"):
+            line += f"; {facts['thresholds']['description']}"
+        say(line)
+        th, counts = facts.get("thresholds"), facts.get("decisions")
+        if th and counts:
+            line = (f"{cls}: {counts['flagged']} of {counts['images']} flagged at FPR {th['fpr']:g}; thresholds "
+                    f"image {th['image']:.3f}, pixel {th['pixel']:.3f}")
+            if "tp" in counts:
+                line += f" (true positives {counts['tp']}, false positives {counts['fp']}, missed {counts['fn']})"
+            say(line + f"; masks in {out / 'masks'}")
+    if report.metrics:
+        _print_table(metrics_table(report.metrics, report.mean_metrics()),
+                     f"alfa-ad {record['method']}, {record['shots']}-shot - {record['weights']}")
+    skipped_classes = sum(e.startswith("class ") for e in report.errors)
+    if report.resumed_rows:
+        say(f"{report.resumed_rows} images were scored before the interruption and kept")
+    say(f"{len(report.rows)} images scored, {len(report.errors) - skipped_classes} images skipped, "
+        f"{skipped_classes} classes skipped, {report.seconds:.1f} s; outputs in {out} ({record['weights']})")
+    if vlm:
+        vlm_second_opinion(out, **vlm)
+    if report_html:
+        write_html_report(out)
+    return report
+
+
+def vlm_second_opinion(out: Path, n: int, model: str, base_url: Optional[str], fuse: Optional[float],
+                       rules: Optional[Path]) -> None:
+    """``--vlm-explain``: verdicts of a vision-language model on the run's top-``n`` images,
+    written into scores.json; failures are reported per image, the run's files stay."""
+    from ..explain.vlm import vlm_explain_run
+    from ..prompting.client import LLMConfig, LLMError
+    from ..prompting.rules import RulesError, load_rules
+
+    try:
+        summary = vlm_explain_run(out, n, config=LLMConfig(model=model, base_url=base_url, max_tokens=512),
+                                  rules=load_rules(rules) if rules else None, fuse=fuse)
+    except (LLMError, RulesError, ValueError) as exc:
+        console.print(f"[yellow]warning:[/] --vlm-explain: {escape(str(exc))}", soft_wrap=True)
+        return
+    for err in summary["errors"]:
+        console.print(f"[yellow]vlm:[/] {escape(err)}", soft_wrap=True, highlight=False)
+    say(f"VLM verdicts for {summary['answered']} of {summary['asked']} images in {out / 'scores.json'}")
+
+
+def write_html_report(out: Path) -> None:
+    """``report.html`` from the run folder's files; a failure is a warning, never a lost run."""
+    from ..report import write_report
+
+    try:
+        write_report(out)
+    except Exception as exc:  # noqa: BLE001 - the scores are written; the page is a view of them
+        console.print(f"[yellow]warning:[/] report.html not written: {escape(str(exc))}", soft_wrap=True)
+        return
+    say(f"report: {out / 'report.html'}")
+
+
+def few_shot_prepare(pools: dict[str, tuple[list[Path], str]], options: RunOptions, calibrate: Optional[Path]):
+    """:func:`alfa_ad.references.few_shot_prepare` with its warnings printed."""
+
+    def warn(class_name: str, message: str) -> None:
+        console.print(f"[yellow]warning:[/] {escape(class_name)}: {escape(message)}", soft_wrap=True)
+
+    return _few_shot_prepare(pools, options, calibrate, on_warning=warn)

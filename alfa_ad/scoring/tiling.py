@@ -1,0 +1,105 @@
+"""Aspect-preserving tiling: which square tiles to score, and how to stitch their maps.
+
+Pure geometry and blending (no model, no I/O).  Rules (docs/method.md, "Tiling"):
+
+* ``none``: the whole image is resized to the model input (it is squashed when its
+  aspect ratio is not the model's, and shrunk when it is large).
+* ``auto``: tile when squashing would distort the image by more than
+  :data:`MAX_ASPECT` (longer / shorter side) or shrink it by more than
+  :data:`MAX_DOWNSCALE` (shorter side / model input side); the tile side is then
+  ``min(shorter side, TILE_DOWNSCALE * model side)``.  The limits leave the usual
+  benchmarks (MVTec AD up to 1024 px, VisA up to ~1562 x 960) scored whole, as the
+  papers do.
+* an integer ``SIZE``: square tiles of ``min(SIZE, shorter side)`` source pixels.
+
+Tiles are square (no distortion), cover the image, and neighbours overlap by at
+least :data:`MIN_OVERLAP` of a tile; their start positions are spread evenly.
+Stitching is a weighted mean: each tile's map is weighted by a separable tent that
+is 1 at the tile centre and falls linearly towards its edges (floored at
+:data:`EDGE_WEIGHT`), so every pixel is dominated by the tile in which it lies most
+centrally, and a pixel covered by one tile takes that tile's value exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
+
+MAX_ASPECT = 2.0
+MAX_DOWNSCALE = 4.5
+TILE_DOWNSCALE = 2.0
+MIN_OVERLAP = 0.25
+EDGE_WEIGHT = 0.05
+
+
+def parse_tile(spec: str | int | None) -> str | int:
+    """``"auto"``, ``"none"`` or a positive tile side in pixels; ``ValueError`` otherwise."""
+    if spec is None:
+        return "none"
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        value = spec
+    else:
+        text = str(spec).strip().lower()
+        if text in ("auto", "none"):
+            return text
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"--tile must be auto, none or a tile side in pixels, got {spec!r}") from None
+    if value < 8:
+        raise ValueError(f"--tile must be at least 8 pixels, got {value}")
+    return value
+
+
+def _starts(length: int, tile: int, overlap: float) -> list[int]:
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile) / (tile * (1.0 - overlap))) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def plan_tiles(height: int, width: int, model_side: int, mode: str | int = "auto",
+               overlap: float = MIN_OVERLAP) -> list[Box] | None:
+    """Tile boxes for an image of ``height x width``; ``None`` means "score it whole"."""
+    mode = parse_tile(mode)
+    short, long = min(height, width), max(height, width)
+    if mode == "none":
+        return None
+    if mode == "auto":
+        if long / short <= MAX_ASPECT and short / model_side <= MAX_DOWNSCALE:
+            return None
+        side = min(short, round(TILE_DOWNSCALE * model_side))
+    else:
+        side = min(int(mode), short)
+        if side >= long:  # one tile would be the whole (square) image
+            return None
+    return [(t, l, t + side, l + side) for t in _starts(height, side, overlap) for l in _starts(width, side, overlap)]
+
+
+def tent(side: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(side, side)`` blend weights: 1 at the centre, linear to :data:`EDGE_WEIGHT` at the edges."""
+    pos = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side  # (0, 1)
+    ramp = (1.0 - (2.0 * pos - 1.0).abs()).clamp_min(EDGE_WEIGHT)
+    return ramp[:, None] * ramp[None, :]
+
+
+def stitch(maps: torch.Tensor, boxes: list[Box], size: tuple[int, int]) -> torch.Tensor:
+    """Blend per-tile maps ``(n, h, w)`` (any resolution) into one ``(H, W)`` map.
+
+    Each tile map is resized bilinearly to its box and added with :func:`tent`
+    weights; the sum is divided by the sum of weights.
+    """
+    height, width = size
+    acc = torch.zeros(height, width, device=maps.device, dtype=torch.float32)
+    norm = torch.zeros_like(acc)
+    for m, (top, left, bottom, right) in zip(maps, boxes):
+        h, w = bottom - top, right - left
+        tile = F.interpolate(m[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        wt = tent(max(h, w), maps.device)[:h, :w]
+        acc[top:bottom, left:right] += wt * tile
+        norm[top:bottom, left:right] += wt
+    return acc / norm.clamp_min(1e-12)
