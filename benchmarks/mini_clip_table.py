@@ -47,14 +47,19 @@ from _mini_methods import BASELINES, contextual, supports_option  # noqa: E402
 from alfa_ad.detector import Detector, shipped_libraries  # noqa: E402
 from alfa_ad.evaluation.metrics import image_auroc  # noqa: E402
 from alfa_ad.io.datasets import discover, train_images  # noqa: E402
-from alfa_ad.model.backbone import load_backbone  # noqa: E402
+from alfa_ad.model import load_backbone  # noqa: E402
+from alfa_ad.outputs.record import RunOptions, build_record  # noqa: E402
+from alfa_ad.outputs.tables import mean_over  # noqa: E402
 from alfa_ad.prompting import AlfaTemplateSource  # noqa: E402
 from alfa_ad.prompting.library import LLMPromptSource, load_library  # noqa: E402
-from alfa_ad.runner import mean_over, run_dataset  # noqa: E402
+from alfa_ad.runner import run_dataset  # noqa: E402
 from tools.mini_clip.mvtec import write_benchmark  # noqa: E402
 from tools.mini_clip.vocab import HELD_OUT, OBJECTS  # noqa: E402
 
-CURRENT_ALIGNER = "value"  # what ALFA's aligner is today (last-block value windows, issue 10's name)
+# ALFA's aligner: last-block value windows compared with the text embeddings carried into
+# value space by the rank-one transfer ("rank1"), or compared with them as they are ("none")
+RANK1, NO_PROJ = "windows + rank-1 text transfer", "windows, text as is"
+ALIGNERS = {RANK1: "rank1", NO_PROJ: "none"}
 
 # One row each.  Keys: name, method (alfa | winclip | class_token | patch_tokens), aligner,
 # shots (0), llm (False: templates only), contextual (True), text (True; False = memory bank only),
@@ -62,20 +67,20 @@ CURRENT_ALIGNER = "value"  # what ALFA's aligner is today (last-block value wind
 CONFIGS: list[dict] = [
     {"name": "class token only (global, no map)", "method": "class_token", "aligner": "none"},
     {"name": "raw patch tokens vs text", "method": "patch_tokens", "aligner": "none"},
-    {"name": "ALFA", "method": "alfa", "aligner": CURRENT_ALIGNER},
-    {"name": "ALFA, contextual scoring off", "method": "alfa", "aligner": CURRENT_ALIGNER, "contextual": False},
+    {"name": "ALFA", "method": "alfa", "aligner": RANK1},
+    {"name": "ALFA, aligner without text transfer", "method": "alfa", "aligner": NO_PROJ},
+    {"name": "ALFA, contextual scoring off", "method": "alfa", "aligner": RANK1, "contextual": False},
     {"name": "WinCLIP", "method": "winclip", "aligner": "winclip windows"},
-    # {"name": "ALFA, masked aligner", "method": "alfa", "aligner": "masked"},   # issue 10
-    # {"name": "ALFA, dense aligner", "method": "alfa", "aligner": "dense"},     # issue 10
-    {"name": "ALFA, templates (LLM classes)", "method": "alfa", "aligner": CURRENT_ALIGNER, "classes": "llm"},
-    {"name": "ALFA, templates + LLM (LLM classes)", "method": "alfa", "aligner": CURRENT_ALIGNER, "classes": "llm",
+    {"name": "ALFA, templates (LLM classes)", "method": "alfa", "aligner": RANK1, "classes": "llm"},
+    {"name": "ALFA, templates + LLM (LLM classes)", "method": "alfa", "aligner": RANK1, "classes": "llm",
      "llm": True},
-    {"name": "ALFA 1-shot", "method": "alfa", "aligner": CURRENT_ALIGNER, "shots": 1},
-    {"name": "ALFA 4-shot", "method": "alfa", "aligner": CURRENT_ALIGNER, "shots": 4},
+    {"name": "ALFA 1-shot", "method": "alfa", "aligner": RANK1, "shots": 1},
+    {"name": "ALFA 4-shot", "method": "alfa", "aligner": RANK1, "shots": 4},
     {"name": "memory bank only 4-shot", "method": "alfa", "aligner": "none", "shots": 4, "text": False},
     {"name": "WinCLIP+ 1-shot", "method": "winclip", "aligner": "winclip windows", "shots": 1},
     {"name": "WinCLIP+ 4-shot", "method": "winclip", "aligner": "winclip windows", "shots": 4},
 ]
+BENCH_SIZE = 128  # rendered size of the benchmark images (the model sees 64 px)
 FULL = {"classes": OBJECTS, "n_train": 8, "n_good": 12, "n_defect": 4}
 QUICK = {"classes": ("metal_nut", "capsule", "washer"), "n_train": 4, "n_good": 6, "n_defect": 2}
 COLUMNS = ("name", "method", "aligner", "prompts", "contextual", "shots", "classes", "image_auroc", "pixel_auroc",
@@ -95,7 +100,7 @@ def prepare_data(root: Path, spec: dict, seed: int) -> Path:
             raise SystemExit(f"error: {root} exists and is not a generated benchmark; choose another --out")
         shutil.rmtree(root)
     write_benchmark(root, classes=spec["classes"], seed=seed, n_train=spec["n_train"], n_good=spec["n_good"],
-                    n_defect=spec["n_defect"])
+                    n_defect=spec["n_defect"], size=BENCH_SIZE)
     stamp.write_text(json.dumps(want))
     return root
 
@@ -110,10 +115,8 @@ def make_detector(backbone, cfg: dict) -> tuple[Detector | None, str]:
     method = cfg["method"]
     options: dict = {}
     if method == "alfa":
-        if supports_option("alfa", "aligner") and cfg["aligner"] != "none":
-            options["aligner"] = cfg["aligner"]
-        elif cfg["aligner"] not in (CURRENT_ALIGNER, "none"):
-            return None, f"skipped: this alfa-ad has no aligner option (aligner {cfg['aligner']!r})"
+        if cfg["aligner"] in ALIGNERS:
+            options["text_projection"] = ALIGNERS[cfg["aligner"]]
         if not cfg.get("text", True):
             options["use_text"] = False
         if not cfg.get("contextual", True) and supports_option("alfa", "contextual"):
@@ -161,7 +164,7 @@ def run_config(backbone, cfg: dict, data: Path, out: Path, classes: list[str], s
     det.predict = timed
     per_seed, unseen = [], []
     for seed in (seeds if shots else seeds[:1]):
-        def prepare(detector, class_name, seed=seed):
+        def prepare(detector, class_name, prompt_name=None, seed=seed):
             if not shots:
                 return {}
             refs = sorted(random.Random(seed).sample(train_images(data, class_name), shots))
@@ -170,11 +173,11 @@ def run_config(backbone, cfg: dict, data: Path, out: Path, classes: list[str], s
 
         det.clear_normals()
         slug = "".join(c if c.isalnum() else "_" for c in cfg["name"]).strip("_")
-        config = {"benchmark": "mini_clip_table", "configuration": cfg, "seed": seed,
-                  "weights": backbone.weights.label, "weights_source": backbone.weights.as_dict()}
+        options = RunOptions(data=str(data), shots=str(shots), seed=seed)
+        record = {**build_record(det, options, classes, {}), "benchmark": "mini_clip_table", "configuration": cfg}
         with contextual(cfg.get("contextual", True) or supports_option("alfa", "contextual")):
-            report = run_dataset(det, dataset, out / "runs" / f"{slug}_seed{seed}", config, overlays=False,
-                                 prepare=prepare)
+            report = run_dataset(det, dataset, out / "runs" / f"{slug}_seed{seed}", record, options, overlays=False,
+                                 prepare=prepare if shots else None, workers=1)
         if report.errors:
             return {**row, "note": "; ".join(report.errors[:2])}
         per_seed.append(report.mean_metrics())
@@ -225,7 +228,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--quick", action="store_true", help="3 classes, few images: a minute on a CPU")
     ap.add_argument("--seed", type=int, default=0, help="benchmark seed (evaluation stream)")
     ap.add_argument("--seeds", default="0", help="reference-sampling seeds of the few-shot rows (mean)")
-    ap.add_argument("--only", default=None, help="comma list of configuration names (default: all)")
+    ap.add_argument("--only", default=None, help="configuration names separated by \";\" (default: all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--weights", default=None, help="mini-CLIP weights file (default: the shipped one)")
     args = ap.parse_args(argv)
@@ -240,7 +243,7 @@ def main(argv=None) -> list[dict]:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     configs = CONFIGS
     if args.only:
-        names = [n.strip() for n in args.only.split(",")]
+        names = [n.strip() for n in args.only.split(";") if n.strip()]
         configs = [c for c in CONFIGS if c["name"] in names]
         missing = sorted(set(names) - {c["name"] for c in configs})
         if missing:

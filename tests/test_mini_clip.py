@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alfa_ad.model.backbone import load_backbone
+from alfa_ad.model import load_backbone
 from alfa_ad.model.mini import LABEL, MODEL_NAME, WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def test_shipped_weights_are_small_safetensors():
 def test_weights_mini_loads_and_is_labelled(mini):
     assert mini.weights.source == "mini" and not mini.weights.meaningful
     assert LABEL in mini.weights.label and LABEL == "mini-CLIP (trained here on synthetic scenes) - not a real CLIP"
-    assert mini.image_size == (96, 96) and min(mini.grid) >= 7
+    assert mini.image_size == (64, 64) and min(mini.grid) >= 7
     assert mini.dtype == torch.float32
 
 
@@ -56,7 +56,7 @@ def test_model_name_and_checkpoint_take_the_same_path(mini):
     assert by_name.weights.source == "mini" and LABEL in by_name.weights.label
     prompts = ["a photo of a damaged washer.", "a photo of a flawless washer."]
     assert torch.equal(by_name.encode_text(prompts), mini.encode_text(prompts))
-    x = torch.zeros(1, 3, 96, 96)
+    x = torch.zeros(1, 3, 64, 64)
     with torch.inference_mode():
         assert torch.equal(by_name.clip.encode_image(x), mini.clip.encode_image(x))
 
@@ -76,7 +76,7 @@ def test_mini_weights_are_learned(mini):
     wins = 0
     for i, kind in enumerate(("gear", "washer", "plate") * 4):
         scene = sample_scene(eval_rng(5, i), training=False, kind=kind, defect=None, style="")
-        (clean, _), (bad, _) = render_variants(scene, [None, "hole"], 96)
+        (clean, _), (bad, _) = render_variants(scene, [None, "hole"], 64)
         with torch.inference_mode():
             emb = mini.clip.encode_image(mini.preprocess([Image.fromarray(clean), Image.fromarray(bad)])).float()
         margin = torch.nn.functional.cosine_similarity(emb, abnormal[None]) - \
@@ -105,7 +105,7 @@ def quick_table(tmp_path_factory):
     out = tmp_path_factory.mktemp("mini_table")
     torch_threads = torch.get_num_threads()
     try:
-        rows = mini_clip_table.main(["--quick", "--out", str(out), "--only", ",".join(PINNED)])
+        rows = mini_clip_table.main(["--quick", "--out", str(out), "--only", ";".join(PINNED)])
     finally:
         torch.set_num_threads(torch_threads)
     return out, rows

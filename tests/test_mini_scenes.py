@@ -8,10 +8,11 @@ import re
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from tools.mini_clip.captions import DEFECT_WORDS, GENERIC_BAD, caption
 from tools.mini_clip.mvtec import write_benchmark
-from tools.mini_clip.scenes import eval_rng, render, render_variants, sample_scene, train_rng
+from tools.mini_clip.scenes import MODEL_PX, eval_rng, render, render_variants, sample_scene, train_rng
 from tools.mini_clip.vocab import DEFECTS, HELD_OUT, OBJECTS, allowed_defects, readable
 
 
@@ -36,7 +37,9 @@ def test_each_defect_changes_the_image_where_its_mask_is(defect):
         assert mask.mean() > 0.001, f"{kind}/{defect}: empty mask"
         diff = np.abs(clean.astype(int) - bad.astype(int)).sum(-1)
         assert diff[mask].mean() > 20, f"{kind}/{defect}: image hardly changed inside the mask"
-        outside = diff[~mask]
+        # a changed outline also moves the object's drop shadow (offset and blur: 2 px of the 64 px view)
+        near = ndimage.binary_dilation(mask, iterations=3 * 128 // MODEL_PX)
+        outside = diff[~near]
         assert (outside > 30).mean() < 0.01, f"{kind}/{defect}: image changed outside the mask"
 
 
