@@ -61,6 +61,19 @@ def test_model_name_and_checkpoint_take_the_same_path(mini):
         assert torch.equal(by_name.clip.encode_image(x), mini.clip.encode_image(x))
 
 
+def test_weights_mini_errors_name_the_culprit(monkeypatch, tmp_path):
+    from alfa_ad.model import WeightsUnavailableError
+    from alfa_ad.model import mini as mini_module
+    from alfa_ad.model.names import WEIGHT_CHOICES
+
+    assert "mini" in WEIGHT_CHOICES
+    with pytest.raises(ValueError, match="alfa-mini-clip architecture, not 'ViT-B-32'"):
+        load_backbone("ViT-B-32", weights="mini", device="cpu")
+    monkeypatch.setattr(mini_module, "WEIGHTS_FILE", tmp_path / "gone.safetensors")
+    with pytest.raises(WeightsUnavailableError, match="gone.safetensors: mini-CLIP weights not found"):
+        load_backbone(weights="mini", device="cpu")
+
+
 def test_mini_weights_are_learned(mini):
     """Text embeddings of different words differ clearly (random init gives near-equal ones)
     and the class token tells a part from the same part with a defect."""
@@ -111,6 +124,7 @@ def quick_table(tmp_path_factory):
     return out, rows
 
 
+@pytest.mark.slow
 def test_quick_table_pins_headline_figures(quick_table):
     out, rows = quick_table
     with open(out / "table.csv", newline="") as fh:
@@ -127,6 +141,7 @@ def test_quick_table_pins_headline_figures(quick_table):
     assert "not a real CLIP" in md and "| ALFA |" in md
 
 
+@pytest.mark.slow
 def test_cli_run_weights_mini(quick_table):
     from typer.testing import CliRunner
 

@@ -29,6 +29,10 @@ GENERIC_BAD = (("damaged", "defective", "broken", "abnormal", "faulty", "flawed"
 GOOD = (("flawless", "perfect", "intact", "normal", "good", "clean", "unblemished", "undamaged", "pristine"),
         ("without defect", "without damage", "without defects", "with no defects", "without any damage",
          "in perfect condition", "without flaw"))
+# how often a caption states the part's condition, and how (inspection captions mostly say it):
+# (intact: no state word below, adjective below, else a phrase; defect: specific words only,
+# generic words only, else both).  The first training stage used (0.4, 0.75, 0.5, 0.25).
+STATE_MIX = (0.2, 0.6, 0.3, 0.25)
 STYLE_PREFIX = {
     "": ("a photo of", "an image of", "a picture of", "a photograph of", "an industrial image of",
          "a high-resolution photo of", "a high-resolution image of", "a photo showing", "there is"),
@@ -50,24 +54,24 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
-def _state(scene: Scene, rng) -> tuple[list[str], list[str], str]:
+def _state(scene: Scene, rng, mix=STATE_MIX) -> tuple[list[str], list[str], str]:
     """Adjectives, a phrase after the noun, and a one-word state (for other templates)."""
     if scene.defect is None:
         roll = rng.random()
-        if roll < 0.4:
+        if roll < mix[0]:
             return [], [], ""
-        if roll < 0.75:
+        if roll < mix[1]:
             word = _pick(rng, GOOD[0])
             return [word], [], word
         return [], [_pick(rng, GOOD[1])], _pick(rng, GOOD[0])
     adj, post = DEFECT_WORDS[scene.defect]
     roll = rng.random()
-    if roll < 0.5:  # specific only
+    if roll < mix[2]:  # specific only
         if rng.random() < 0.5:
             word = _pick(rng, adj)
             return [word], [], word
         return [], [_pick(rng, post)], _pick(rng, adj)
-    if roll < 0.75:  # generic only
+    if roll < mix[2] + mix[3]:  # generic only
         if rng.random() < 0.6:
             word = _pick(rng, GENERIC_BAD[0])
             return [word], [], word
@@ -75,9 +79,9 @@ def _state(scene: Scene, rng) -> tuple[list[str], list[str], str]:
     return [_pick(rng, GENERIC_BAD[0])], [_pick(rng, post)], _pick(rng, adj)  # both
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """One caption of ``scene`` drawn from the templates."""
-    adjs, posts, word = _state(scene, rng)
+def caption(scene: Scene, rng: np.random.Generator, mix=STATE_MIX) -> str:
+    """One caption of ``scene`` drawn from the templates (``mix``: see :data:`STATE_MIX`)."""
+    adjs, posts, word = _state(scene, rng, mix)
     size = "small" if scene.r < 0.31 else "large" if scene.r > 0.35 else ""
     colour = scene.colour if rng.random() < 0.85 else ""
     kind = readable(scene.kind)

@@ -1,18 +1,24 @@
 """Train the mini-CLIP contrastively on procedural scenes (CPU; docs/mini_clip.md).
 
-    python -m tools.mini_clip.train --seed 0 --steps 2400 \
-        --out alfa_ad/model/shipped/mini_clip.safetensors --log runs/mini_clip/train.log
+The shipped weights come from two stages (docs/mini_clip.md has the times)::
 
-Each step draws ``batch / variants`` training scenes (stream ``TRAIN_STREAM``,
-keys ``[seed, index]``) and renders each ``variants`` times, intact and with
-different defects allowed in training, each with its own caption: the batch's
-contrastive (InfoNCE) loss then has to tell a part from the same part with a
-defect, and one defect from another.  The model is
-``open_clip.model.CLIP`` built from the config JSON; the loss is open_clip's
-``ClipLoss``; AdamW with linear warm-up and cosine decay.  Batches depend only
-on ``(seed, step)``, so the run is deterministic given the seed (and torch's
-thread count and version).  Weights are saved in fp16 as safetensors with the
-training facts in the file's metadata.
+    python -m tools.mini_clip.train --seed 0 --steps 450 --stop-after 150 --batch 128 --variants 4 \
+        --pool 1200 --lr 2e-3 --warmup 40 --eval-every 150 --monitor 192 --state-mix 0.4,0.75,0.5,0.25 \
+        --out runs/mini_clip/stage1.safetensors
+    python -m tools.mini_clip.train --seed 1 --init runs/mini_clip/stage1.safetensors --steps 350 \
+        --batch 126 --variants 7 --pool 800 --lr 1.5e-3 --warmup 20 --eval-every 175 --monitor 192 \
+        --out alfa_ad/model/shipped/mini_clip.safetensors
+
+First ``--pool`` training scenes (stream ``TRAIN_STREAM``, keys ``[seed, index]``) are
+rendered once, each ``--variants`` times: intact and with different defects allowed
+in training.  A batch is ``batch / variants`` whole scene groups (a seeded
+permutation per epoch), each rendering with a caption drawn for ``(seed, step)``,
+so the contrastive (InfoNCE) loss has to tell a part from the same part with a
+defect, and one defect from another.  The model is ``open_clip.model.CLIP`` built
+from the config JSON; the loss is open_clip's ``ClipLoss``; AdamW with linear
+warm-up and cosine decay.  Everything depends only on the seed, so a run is
+deterministic (for a given torch version and thread count).  Weights are saved in
+fp16 as safetensors with the training facts in the file's metadata.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools.mini_clip.captions import caption  # noqa: E402
+from tools.mini_clip.captions import STATE_MIX, caption  # noqa: E402
 from tools.mini_clip.scenes import eval_rng, render_variants, sample_scene, train_rng  # noqa: E402
 from tools.mini_clip.vocab import HELD_OUT, OBJECTS, allowed_defects, readable  # noqa: E402
 
@@ -86,8 +92,8 @@ class PoolBatches:
     """Batch ``step``: ``batch / variants`` scene groups of the pool (a seeded permutation per
     epoch), all their renderings, each with a caption drawn for ``(seed, step)``."""
 
-    def __init__(self, pool, records, seed: int, batch: int, context: int) -> None:
-        self.pool, self.records, self.seed, self.context = pool, records, seed, context
+    def __init__(self, pool, records, seed: int, batch: int, context: int, mix=STATE_MIX) -> None:
+        self.pool, self.records, self.seed, self.context, self.mix = pool, records, seed, context, mix
         self.groups = batch // pool.shape[1]
         if batch % pool.shape[1]:
             raise ValueError(f"--batch {batch} is not a multiple of --variants {pool.shape[1]}")
@@ -99,7 +105,7 @@ class PoolBatches:
         order = np.random.default_rng([self.seed, 0xB47C, epoch]).permutation(n)
         idx = order[k * self.groups:(k + 1) * self.groups]
         rng = np.random.default_rng([self.seed, 0xCA9, step])
-        texts = [caption(s, rng) for i in idx for s in self.records[i]]
+        texts = [caption(s, rng, self.mix) for i in idx for s in self.records[i]]
         x = torch.from_numpy(self.pool[idx].reshape(-1, *self.pool.shape[2:])).permute(0, 3, 1, 2).contiguous()
         return x, torch.stack([tokenize(t, self.context) for t in texts])
 
@@ -166,6 +172,12 @@ def optimizers(model, lr: float, weight_decay: float) -> list[torch.optim.Optimi
             torch.optim.SparseAdam([model.token_embedding.weight], lr=lr, betas=(0.9, 0.98), eps=1e-6)]
 
 
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def save(model, path: Path, meta: dict) -> None:
     from safetensors.torch import save_file
 
@@ -191,6 +203,9 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--monitor", type=int, default=256, help="held-out scenes for the monitor AUROC")
     ap.add_argument("--config", type=Path, default=CONFIG)
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of the --steps schedule")
+    ap.add_argument("--state-mix", default=",".join(map(str, STATE_MIX)), help="caption state-word mix (captions.py)")
+    ap.add_argument("--init", type=Path, default=None, help="start from these weights (a previous stage's output)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--log", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -201,13 +216,18 @@ def main(argv=None) -> None:
     cfg = load_config(args.config)
     size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
     model = build_model(cfg).train()
+    if args.init is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() for k, v in load_file(str(args.init)).items()}, strict=True)
     opts = optimizers(model, args.lr, args.weight_decay)
     from open_clip.loss import ClipLoss
 
     loss_fn = ClipLoss()
     t_pool = time.perf_counter()
     pool, records = render_pool(args.seed, args.pool, size, args.variants, args.workers)
-    batches = PoolBatches(pool, records, args.seed, args.batch, ctx)
+    mix = tuple(float(v) for v in args.state_mix.split(","))
+    batches = PoolBatches(pool, records, args.seed, args.batch, ctx, mix)
     scenes, pixels = monitor_set(args.seed, args.monitor, size)
     log = open(args.log, "a") if args.log else None
     if args.log:
@@ -225,7 +245,8 @@ def main(argv=None) -> None:
     say(f"# pool: {pool.shape[0]} scenes x {pool.shape[1]} renderings in {pool_s:.0f} s")
     t0, c0 = time.perf_counter(), time.process_time()
     last = {}
-    for step in range(args.steps):
+    stop = min(args.steps, args.stop_after or args.steps)
+    for step in range(stop):
         x, tokens = batches[step]
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for opt in opts:
@@ -240,23 +261,25 @@ def main(argv=None) -> None:
             opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % 25 == 0 or step == args.steps - 1:
+        if step % 25 == 0 or step == stop - 1:
             el = time.perf_counter() - t0
             say(f"step {step} loss {loss.item():.4f} lr {lr:.2e} scale {model.logit_scale.exp().item():.1f} "
                 f"elapsed {el:.0f}s ({(step + 1) * args.batch / el:.1f} img/s)")
-        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
+        if (step + 1) % args.eval_every == 0 or step == stop - 1:
             last = monitor(model, scenes, pixels, ctx)
             say(f"monitor step {step + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in last.items()))
             save(model, args.out.with_suffix(".partial.safetensors"), {"step": step + 1})
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    meta = {"config": "alfa-mini-clip", "config_json": json.dumps(cfg), "seed": args.seed, "steps": args.steps,
+    meta = {"config": "alfa-mini-clip", "config_json": json.dumps(cfg), "seed": args.seed,
+            "init": f"{args.init.name} sha256 {sha256(args.init)[:12]}" if args.init else "",
+            "steps": args.steps, "stopped_after": stop, "state_mix": args.state_mix,
             "batch": args.batch, "variants": args.variants, "pool": args.pool, "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
             "threads": args.threads, "wall_seconds": round(wall, 1), "pool_seconds": round(pool_s, 1), "main_process_cpu_seconds": round(cpu, 1),
             "command": command, "torch": torch.__version__, "platform": platform.platform(),
             "monitor": json.dumps(last), "note": "mini-CLIP trained on synthetic scenes - not a real CLIP"}
     save(model, args.out, meta)
     args.out.with_suffix(".partial.safetensors").unlink(missing_ok=True)
-    say(f"done: pool {pool_s:.0f} s, {args.steps} steps in {wall:.0f} s wall ({cpu:.0f} s CPU in the training process); saved {args.out}")
+    say(f"done: pool {pool_s:.0f} s, {stop} steps in {wall:.0f} s wall ({cpu:.0f} s CPU in the training process); saved {args.out}")
 
 
 if __name__ == "__main__":
