@@ -19,11 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 # Measured with the shipped weights on `mini_clip_table.py --quick` (docs/mini_clip.md);
 # a deliberate change of weights, scenes or methods updates them.
 PINNED = {
-    "class token only (global, no map)": {"image_auroc": None},
-    "raw patch tokens vs text": {"image_auroc": None, "pixel_auroc": None},
-    "ALFA": {"image_auroc": None, "pixel_auroc": None, "pro": None},
-    "WinCLIP": {"image_auroc": None, "pixel_auroc": None, "pro": None},
-    "ALFA 1-shot": {"image_auroc": None, "pixel_auroc": None},
+    "class token only (global, no map)": {"image_auroc": 0.6270},
+    "raw patch tokens vs text": {"image_auroc": 0.5913, "pixel_auroc": 0.7144},
+    "ALFA": {"image_auroc": 0.6230, "pixel_auroc": 0.5704, "pro": 0.1664},
+    "WinCLIP": {"image_auroc": 0.3333, "pixel_auroc": 0.5311, "pro": 0.2574},
+    "ALFA 1-shot": {"image_auroc": 0.5952, "pixel_auroc": 0.7929},
 }
 TOLERANCE = 0.02
 
@@ -74,28 +74,30 @@ def test_weights_mini_errors_name_the_culprit(monkeypatch, tmp_path):
         load_backbone(weights="mini", device="cpu")
 
 
-def test_mini_weights_are_learned(mini):
-    """Text embeddings of different words differ clearly (random init gives near-equal ones)
-    and the class token tells a part from the same part with a defect."""
+def _retrieval_top1(backbone, n: int = 24) -> float:
+    """Image -> caption top-1 accuracy over ``n`` held-out scenes (chance: 1 / n)."""
     from PIL import Image
 
-    from tools.mini_clip.scenes import eval_rng, render_variants, sample_scene
+    from tools.mini_clip.scenes import eval_rng, render, sample_scene
+    from tools.mini_clip.vocab import readable
 
-    texts = mini.encode_text(["a photo of a flawless red gear.", "a photo of a cracked blue washer."])
-    cos = torch.nn.functional.cosine_similarity(texts[0], texts[1], dim=0)
-    assert cos < 0.9
-    normal = mini.encode_text(["a photo of a flawless {}.".format(k) for k in ("gear", "washer", "plate")]).mean(0)
-    abnormal = mini.encode_text(["a photo of a damaged {}.".format(k) for k in ("gear", "washer", "plate")]).mean(0)
-    wins = 0
-    for i, kind in enumerate(("gear", "washer", "plate") * 4):
-        scene = sample_scene(eval_rng(5, i), training=False, kind=kind, defect=None, style="")
-        (clean, _), (bad, _) = render_variants(scene, [None, "hole"], 64)
-        with torch.inference_mode():
-            emb = mini.clip.encode_image(mini.preprocess([Image.fromarray(clean), Image.fromarray(bad)])).float()
-        margin = torch.nn.functional.cosine_similarity(emb, abnormal[None]) - \
-            torch.nn.functional.cosine_similarity(emb, normal[None])
-        wins += int(margin[1] > margin[0])
-    assert wins >= 9, f"defect ranked above the intact part in only {wins}/12 pairs"
+    scenes = [sample_scene(eval_rng(5, i), training=False, defect=None, style="") for i in range(n)]
+    with torch.inference_mode():
+        img = backbone.clip.encode_image(backbone.preprocess([Image.fromarray(render(s)[0]) for s in scenes]))
+    img = torch.nn.functional.normalize(img.float(), dim=-1)
+    txt = backbone.encode_text([f"a photo of a {s.colour} {readable(s.kind)} on a {s.background} surface."
+                                for s in scenes])
+    sim = img @ torch.nn.functional.normalize(txt.float(), dim=-1).T
+    return float((sim.argmax(1) == torch.arange(n)).float().mean())
+
+
+def test_mini_weights_are_learned(mini):
+    """The shipped model matches held-out scenes with their captions far above chance and far
+    above the same architecture with random weights (measured: 0.29 vs 0.08 for 24 scenes;
+    chance 0.04)."""
+    trained = _retrieval_top1(mini)
+    random_weights = _retrieval_top1(load_backbone(MODEL_NAME, weights="random", device="cpu"))
+    assert trained >= 0.2 and trained >= random_weights + 0.15, (trained, random_weights)
 
 
 def test_nearest_neighbour_distance_is_never_negative():
