@@ -145,6 +145,7 @@ def run_config(backbone, cfg: dict, data: Path, out: Path, classes: list[str], s
            "prompts": "templates + LLM" if cfg.get("llm") else ("WinCLIP ensemble" if cfg["method"] == "winclip"
                                                                  else "ALFA templates"),
            "contextual": "" if cfg["method"] == "winclip" else ("on" if cfg.get("contextual", True) else "off"),
+           **({"prompts": "none (no text)", "contextual": ""} if not cfg.get("text", True) else {}),
            "shots": cfg.get("shots", 0), "classes": ",".join(classes)}
     det, why = make_detector(backbone, cfg)
     if det is None:
