@@ -128,7 +128,7 @@ def quick_table(tmp_path_factory):
 
 @pytest.mark.slow
 def test_quick_table_pins_headline_figures(quick_table):
-    out, rows = quick_table
+    out, _ = quick_table
     with open(out / "table.csv", newline="") as fh:
         table = {r["name"]: r for r in csv.DictReader(fh)}
     assert set(table) == set(PINNED)

@@ -146,7 +146,7 @@ def missing(layer: Layer, rng) -> np.ndarray:
 
 
 def bent(layer: Layer, rng) -> np.ndarray:
-    f, u = layer.frame, layer.u
+    f = layer.frame
     x, y, dx, dy = _edge(layer, rng)
     rad = f.r * rng.uniform(0.35, 0.55)
     region = draw(f.size, discs=[(x, y, rad)]) & layer.body
