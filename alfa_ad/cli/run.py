@@ -62,7 +62,7 @@ def run(
                                         "one a --checkpoint's manifest names)."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
-    weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test) or planted (test model)."),
+    weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test), planted (test model) or mini (mini-CLIP trained here, not a real CLIP)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     scales: str = typer.Option("2,3", "--scales", help="Window sizes in patches."),
     tile: str = typer.Option("auto", "--tile", help="auto, none or a tile side in pixels: score large or elongated "

@@ -12,7 +12,7 @@ import torch
 
 from ..io.paths import default_cache_dir
 from .backbone import ClipBackbone
-from .names import DEFAULT_MODEL, DEFAULT_PRETRAINED, WEIGHT_CHOICES
+from .names import DEFAULT_MODEL, DEFAULT_PRETRAINED, MINI_MODEL, WEIGHT_CHOICES
 from .weights import (WeightsInfo, WeightsUnavailableError, fetch, pretrained_ref, read_manifest, sha256_file)
 
 
@@ -44,6 +44,9 @@ def _create(model_name: str, initialise: bool = True):
     leaves the weights uninitialised (they must then all be loaded)."""
     import open_clip
 
+    from .mini import register_config
+
+    register_config()  # the mini-CLIP's architecture is known by name
     if model_name not in open_clip.list_models():
         raise ValueError(
             f"unknown open_clip model {model_name!r}; see open_clip.list_models() (default {DEFAULT_MODEL})"
@@ -148,13 +151,22 @@ def load_backbone(
     ``weights``: ``"pretrained"`` (``model_name``/``pretrained`` from the local caches, or
     downloaded when the hub can be reached; offline, a one-line
     :class:`WeightsUnavailableError` within seconds), ``"random"`` (seeded random
-    initialisation: smoke tests only), or ``"planted"`` (the hand-constructed test model
-    of :mod:`alfa_ad.model.planted`).  ``checkpoint`` loads a local state-dict file
+    initialisation: smoke tests only), ``"planted"`` (the hand-constructed test model
+    of :mod:`alfa_ad.model.planted`) or ``"mini"`` (the mini-CLIP trained here on
+    synthetic scenes, :mod:`alfa_ad.model.mini`: the shipped file loaded as a checkpoint;
+    not a real CLIP).  ``checkpoint`` loads a local state-dict file
     (``.safetensors``, or a torch file with ``weights_only=True``) into ``model_name``'s
     architecture (or the one its manifest names) and overrides ``weights``.
     """
     if weights not in WEIGHT_CHOICES:
         raise ValueError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
+    mini = checkpoint is None and weights == "mini"
+    if mini:
+        from .mini import weights_file
+
+        if model_name not in (None, DEFAULT_MODEL, MINI_MODEL):
+            raise ValueError(f"--weights mini is the {MINI_MODEL} architecture, not {model_name!r}")
+        checkpoint, model_name = weights_file(), MINI_MODEL
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
@@ -165,7 +177,8 @@ def load_backbone(
         manifest = read_manifest(path) or {}
         _set_normalisation(clip, manifest.get("mean"), manifest.get("std"))
         digest = sha256_file(path, default_cache_dir())
-        info = WeightsInfo(model_name, "checkpoint", f"{path.name}, sha256 {digest[:12]}", str(path), digest)
+        source = "mini" if mini or model_name == MINI_MODEL else "checkpoint"  # the mini-CLIP says what it is
+        info = WeightsInfo(model_name, source, f"{path.name}, sha256 {digest[:12]}", str(path), digest)
         return ClipBackbone(clip, tokenizer, info, device, half)
     model_name = model_name or DEFAULT_MODEL
     if weights == "planted":

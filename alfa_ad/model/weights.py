@@ -36,7 +36,7 @@ class WeightsInfo:
     """Where the weights came from; every output carries :attr:`label`."""
 
     model_name: str
-    source: str  # "pretrained" | "checkpoint" | "random" | "planted" | "custom"
+    source: str  # "pretrained" | "checkpoint" | "random" | "planted" | "mini" | "custom"
     detail: str = ""
     file: str | None = None  # the weights file used (pretrained and checkpoint)
     sha256: str | None = None  # its SHA-256
@@ -52,6 +52,8 @@ class WeightsInfo:
             return f"random weights ({self.model_name}, {self.detail}) - scores are not meaningful"
         if self.source == "planted":
             return f"planted weights (hand-constructed test model, {self.detail}) - not a real CLIP"
+        if self.source == "mini":  # alfa_ad/model/mini.py
+            return f"mini-CLIP (trained here on synthetic scenes) - not a real CLIP [{self.model_name}, {self.detail}]"
         if self.source == "custom":
             return f"custom weights ({self.model_name}{', ' + self.detail if self.detail else ''})"
         return f"{self.source} weights {self.model_name} ({self.detail})"

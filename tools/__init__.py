@@ -1,0 +1,1 @@
+"""Development tools of alfa-ad (not part of the installed package)."""
