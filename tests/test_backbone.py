@@ -57,7 +57,7 @@ def test_split_forward_matches_encode_image(planted_backbone, make_spot_image):
     bb = planted_backbone
     img, _ = make_spot_image()
     pixels, tokens, z = _features(bb, [img])
-    assert tokens.shape == (1, 1 + 225, 32)  # planted v2: width 32
+    assert tokens.shape == (1, 1 + 225, 64)  # planted v2: width 64
     g, last = bb.global_embedding(z)
     torch.testing.assert_close(g, bb.clip.encode_image(pixels).float(), atol=1e-5, rtol=1e-5)
     assert last.shape == tokens.shape
