@@ -374,11 +374,17 @@ class Detector:
                                               getattr(self.method, "peak_of_visual", False))
         with torch.inference_mode():
             maps = self.method.finish(patch.view(-1, *self.backbone.grid).to(self.backbone.device), normalized)
-        unit_max = maps.flatten(1).amax(-1).clamp(0, 1).cpu()
+        maps = maps.float().cpu()
         scores, maxima = [], []
-        for g in parts["groups"][:limit]:
+        for i, g in zip(parts["chosen"][:limit], parts["groups"][:limit]):
             scores.append(float(unit_scores[g].max()))
-            maxima.append(float(unit_max[g].max()))
+            if len(g) == 1:  # as predict: the map resized to the image, then its maximum
+                im = self._loo_images[i]
+                full = F.interpolate(maps[g[0]][None, None], size=(im.height, im.width), mode="bilinear",
+                                     align_corners=False)
+                maxima.append(float(full.clamp(0, 1).max()))
+            else:  # tiles: the largest tile maximum (the blend cannot exceed it)
+                maxima.append(float(maps[g].clamp(0, 1).max()))
         return np.array(scores), np.array(maxima)
 
     # ------------------------------------------------------------ scoring
