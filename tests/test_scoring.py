@@ -319,9 +319,10 @@ def test_gaussian_blur_equals_scipy_gaussian_filter(sigma):
     ref = ndimage.gaussian_filter(maps.numpy().astype(np.float64), sigma=(0, sigma, sigma))
     assert out.shape == maps.shape and out.dtype == torch.float32
     assert np.abs(out.numpy() - ref).max() < 1e-5
-    # a different boundary mode would differ at the edges: the equality is not accidental
+    # a different boundary mode differs at the edges by 10x the tolerance above or more
+    # (8e-4 at sigma 40, where the blurred noise is nearly flat): the equality is not accidental
     other = ndimage.gaussian_filter(maps.numpy().astype(np.float64), sigma=(0, sigma, sigma), mode="mirror")
-    assert np.abs(out.numpy() - other).max() > 1e-3
+    assert np.abs(out.numpy() - other).max() > 1e-4
     assert reflect_index(3, 4).tolist() == [2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 0]  # c c b a | a b c | c b a a
 
 
