@@ -61,7 +61,7 @@ class ClassTokenMethod(_ZeroShotBase):
     name = "class_token"
 
     @torch.inference_mode()
-    def __call__(self, pixels, text) -> BatchScores:
+    def __call__(self, pixels, text, fusion=None) -> BatchScores:  # fusion: few-shot only, unused here
         g, _, _, s, keep_n, keep_a = self._global(pixels, text)
         maps = s.view(-1, 1, 1).expand(-1, *self.backbone.image_size).float()
         return BatchScores(s.cpu(), s.cpu(), maps.cpu(), keep_n.cpu(), keep_a.cpu(), g.cpu())
@@ -71,7 +71,7 @@ class PatchTokenMethod(_ZeroShotBase):
     name = "patch_tokens"
 
     @torch.inference_mode()
-    def __call__(self, pixels, text) -> BatchScores:
+    def __call__(self, pixels, text, fusion=None) -> BatchScores:  # fusion: few-shot only, unused here
         bb = self.backbone
         g, last, classes, s, keep_n, keep_a = self._global(pixels, text)
         patches = bb.head(last[:, 1:])  # ln_post + proj of every patch token: (B, P, D)

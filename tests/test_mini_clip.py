@@ -18,12 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Measured with the shipped weights on `mini_clip_table.py --quick` (docs/mini_clip.md);
 # a deliberate change of weights, scenes or methods updates them.
-PINNED = {
-    "class token only (global, no map)": {"image_auroc": 0.6270},
-    "raw patch tokens vs text": {"image_auroc": 0.5913, "pixel_auroc": 0.7144},
-    "ALFA": {"image_auroc": 0.6230, "pixel_auroc": 0.5704, "pro": 0.1664},
+PINNED = {  # re-pinned after the ALFA templates became 72 per label (issue 10): WinCLIP's row did not move
+    "class token only (global, no map)": {"image_auroc": 0.6151},
+    "raw patch tokens vs text": {"image_auroc": 0.5238, "pixel_auroc": 0.7128},
+    "ALFA": {"image_auroc": 0.5556, "pixel_auroc": 0.5158, "pro": 0.1445},
     "WinCLIP": {"image_auroc": 0.3333, "pixel_auroc": 0.5311, "pro": 0.2574},
-    "ALFA 1-shot": {"image_auroc": 0.5952, "pixel_auroc": 0.7929},
+    "ALFA 1-shot": {"image_auroc": 0.5754, "pixel_auroc": 0.7165},
 }
 TOLERANCE = 0.02
 

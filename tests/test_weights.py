@@ -63,6 +63,30 @@ def test_detect_offline_raises_the_same_one_line_error(no_hub, monkeypatch):
         detect(torch.zeros(8, 8, 3, dtype=torch.uint8).numpy(), cache_dir=None)
 
 
+def test_shipped_pretrained_records_match_open_clip():
+    """The copy of open_clip's records (read without importing open_clip) says what open_clip says."""
+    data = json.loads(W.KNOWN_REFS_FILE.read_text(encoding="utf-8"))
+    keys = [k for k in data if not k.startswith("_")]
+    assert "ViT-B-16-plus-240/laion400m_e31" in keys
+    for key in keys:
+        model, tag = key.split("/", 1)
+        assert W.known_ref(model, tag) == W.pretrained_ref(model, tag), key
+    assert W.known_ref("ViT-B-16-plus-240", "no-such-tag") is None
+
+
+def test_missing_default_weights_fail_before_open_clip_is_imported(no_hub):
+    """The offline error for the default weights does not wait for ``import open_clip``."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom alfa_ad.model import load_backbone\ntry:\n    load_backbone()\n"
+            "except Exception as exc:\n    print(type(exc).__name__, 'open_clip' in sys.modules)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(no_hub / "hf")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.stdout.split() == ["WeightsUnavailableError", "False"], out.stdout + out.stderr
+
+
 def test_unknown_pretrained_tag_lists_the_known_ones():
     with pytest.raises(ValueError, match="laion400m_e31"):
         W.pretrained_ref("ViT-B-16-plus-240", "no-such-tag")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..report import RunFolderError, write_report
 from .common import app, fail, say
 
 
@@ -16,6 +15,8 @@ def report(
     seeds: bool = typer.Option(True, "--seeds/--no-seeds", help="Also rebuild the seed_*/ reports of a multi-seed run."),
 ) -> None:
     """Rebuild RUN_DIR/report.html from the run's files (scores, metrics, overlays); works on old runs too."""
+    from ..report import RunFolderError, write_report  # here: plotting and metrics load only for this command
+
     try:
         page = write_report(run_dir, seeds=seeds)
     except RunFolderError as exc:

@@ -3,7 +3,7 @@
 The image tower is frozen, so every feature the losses compare with the prompts is
 computed once: the global embedding ``f(x)`` of each normal shot (eq. 10's input)
 and the local embedding of every window of each scale (the fine-grained aligner's
-input, eq. 11; :meth:`ClipBackbone.local_embeddings`) of the shots and of the
+input, eq. 11; the value aligner, :mod:`alfa_ad.aligners.value`) of the shots and of the
 synthetic defects made on them.  Images are resized whole to the model input (no
 tiling).
 
@@ -59,6 +59,11 @@ class Features:
                 "windows_abnormal": int((self.window_labels == 1).sum())}
 
 
+# The window embeddings learning sees: the value aligner (the last block's class attention
+# restricted to the window), fast enough for the many synthetic defects; docs/method.md 1d.
+LOCAL_ALIGNER = "value"
+
+
 def _patch_fractions(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
     """Fraction of each patch (image resized whole to the grid) covered by ``mask``: ``(P,)``."""
     m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
@@ -69,14 +74,18 @@ def _patch_fractions(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
 def _encode(backbone: ClipBackbone, images: Sequence[Image.Image], windows: list[torch.Tensor], batch_size: int
             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Unit global embeddings ``(N, D)`` and per scale unit window embeddings ``(N, n_s, D)``."""
+    from ..aligners.base import encode
+    from ..registry import ALIGNERS
+
+    aligner = ALIGNERS.get(LOCAL_ALIGNER)(backbone)
     glob, local = [], [[] for _ in windows]
     for start in range(0, len(images), batch_size):
         pixels = backbone.preprocess(list(images[start : start + batch_size]))
-        z = backbone.penultimate(backbone.tokens(pixels))
-        g, _ = backbone.global_embedding(z)
-        glob.append(F.normalize(g.float(), dim=-1).cpu())
+        feats = encode(backbone, pixels)
+        glob.append(F.normalize(feats.g.float(), dim=-1).cpu())
+        state = aligner.prepare(feats)
         for s, w in enumerate(windows):
-            local[s].append(F.normalize(backbone.local_embeddings(z, w).float(), dim=-1).cpu())
+            local[s].append(F.normalize(aligner(feats, state, w.to(pixels.device)).float(), dim=-1).cpu())
     return torch.cat(glob), [torch.cat(x) for x in local]
 
 

@@ -13,7 +13,8 @@ import torch
 from ..io.paths import default_cache_dir
 from .backbone import ClipBackbone
 from .names import DEFAULT_MODEL, DEFAULT_PRETRAINED, MINI_MODEL, WEIGHT_CHOICES
-from .weights import (WeightsInfo, WeightsUnavailableError, fetch, pretrained_ref, read_manifest, sha256_file)
+from .weights import (WeightsInfo, WeightsUnavailableError, fetch, known_ref, pretrained_ref, read_manifest,
+                      sha256_file)
 
 
 _INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
@@ -192,11 +193,13 @@ def load_backbone(
             torch.manual_seed(seed)
             clip, tokenizer = _create(model_name)
         return ClipBackbone(clip, tokenizer, WeightsInfo(model_name, "random", f"seed {seed}"), device, half)
-    import open_clip
+    ref = known_ref(model_name, pretrained)  # the usual models: no open_clip import before the weights are found
+    if ref is None:
+        import open_clip
 
-    if model_name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models() (default {DEFAULT_MODEL})")
-    ref = pretrained_ref(model_name, pretrained)
+        if model_name not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models() (default {DEFAULT_MODEL})")
+        ref = pretrained_ref(model_name, pretrained)
     path = fetch(ref)  # one-line WeightsUnavailableError when not here and not reachable
     clip, tokenizer = _create(model_name, initialise=False)
     _load_file(clip, path, model_name)

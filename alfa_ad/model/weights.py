@@ -85,6 +85,28 @@ class PretrainedRef:
         return ([f"{stem}.safetensors"] if ext in (".bin", ".pth", ".pt") else []) + [name]
 
 
+KNOWN_REFS_FILE = Path(__file__).with_name("pretrained_refs.json")
+
+
+def _ref_from_cfg(model: str, tag: str, cfg: dict) -> PretrainedRef:
+    repo, filename = os.path.split(cfg.get("hf_hub", "") or "")
+    return PretrainedRef(model, tag, repo, filename, cfg.get("url", "") or "",
+                         tuple(cfg["mean"]) if cfg.get("mean") else None, tuple(cfg["std"]) if cfg.get("std") else None)
+
+
+def known_ref(model: str, tag: str) -> PretrainedRef | None:
+    """``model``/``tag`` from the copy of open_clip's records shipped with alfa-ad, or ``None``.
+
+    Looking up the default weights this way needs no ``import open_clip`` (seconds on a
+    small CPU), so a missing-weights error comes out before the model code loads.
+    """
+    try:
+        entry = json.loads(KNOWN_REFS_FILE.read_text(encoding="utf-8")).get(f"{model}/{tag}")
+    except (OSError, ValueError):
+        return None
+    return _ref_from_cfg(model, tag, entry) if isinstance(entry, dict) else None
+
+
 def pretrained_ref(model: str, tag: str) -> PretrainedRef:
     """open_clip's record of ``model``/``tag``; ``ValueError`` naming the known tags."""
     import open_clip
@@ -94,9 +116,7 @@ def pretrained_ref(model: str, tag: str) -> PretrainedRef:
         tags = [t for m, t in open_clip.list_pretrained() if m == model]
         known = f"known tags for {model}: {', '.join(tags)}" if tags else f"open_clip has no pretrained tags for {model}"
         raise ValueError(f"unknown pretrained tag {tag!r} for {model}; {known}")
-    repo, filename = os.path.split(cfg.get("hf_hub", "") or "")
-    return PretrainedRef(model, tag, repo, filename, cfg.get("url", "") or "",
-                         tuple(cfg["mean"]) if cfg.get("mean") else None, tuple(cfg["std"]) if cfg.get("std") else None)
+    return _ref_from_cfg(model, tag, cfg)
 
 
 def _hf_cache_dir() -> str | None:
