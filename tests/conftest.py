@@ -77,3 +77,14 @@ def spot_image(
 def make_spot_image():
     """The :func:`spot_image` helper as a fixture."""
     return spot_image
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (steadier timing-free results on a shared CPU), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -28,12 +28,7 @@ from alfa_ad.prompting.learned import LearnedPromptSource
 from conftest import grey_texture, spot_image
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

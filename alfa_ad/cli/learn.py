@@ -10,11 +10,10 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..io.datasets import discover, is_class_folder, is_visa_root
 from ..io.images import InputError
 from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import app, console, fail, say
-from .run_support import check_device, choose_references, name_map, reference_pools
+from .run_support import check_device, choose_references, discover_data, name_map, reference_pools
 
 
 def _relative(path: Path, bases: list[Path]) -> str:
@@ -60,7 +59,6 @@ def learn_prompts_cmd(
     from ..learning import LearnConfig, learn_prompts
     from ..model.factory import load_backbone
     from ..model.weights import WeightsUnavailableError
-    from ..prompting.llm import resolve_classes
 
     if shots != "all" and not (shots.isdigit() and int(shots) >= 1):
         fail(f"--shots must be a number of at least 1 or 'all', got {shots!r}")
@@ -82,13 +80,7 @@ def learn_prompts_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    try:
-        wanted = resolve_classes(classes) if classes else None
-        dataset, _ = discover(data, wanted, "object")
-    except (InputError, ValueError) as exc:
-        fail(str(exc))
-    plain = data.is_file() or not (is_visa_root(data) or is_class_folder(data) or
-                                   any(is_class_folder(p) for p in data.iterdir() if p.is_dir()))
+    dataset, _, plain = discover_data(data, classes)
     names = name_map(class_name, list(dataset), "--class-name")
     pools = reference_pools(data, normals, list(dataset), plain)
     need = None if shots == "all" else int(shots)

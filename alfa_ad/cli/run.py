@@ -9,16 +9,14 @@ from typing import Optional
 import typer
 
 from .. import __version__
-from ..io.datasets import discover, is_class_folder, is_visa_root
-from ..io.images import InputError
 from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..outputs.record import RunOptions, build_record
 from ..outputs.tables import aggregate_seeds, write_seed_summary
 from ..outputs.writers import clear_previous, previous_outputs
 from ..registry import ALIGNERS, BACKENDS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, ENGINES, FEW_SHOT_SCORERS
 from .common import _parse_ints, _print_table, app, fail, say
-from .run_support import (build_detector, build_engine, check_device, check_out, few_shot_prepare, name_map,
-                          reference_pools, run_with_progress, write_html_report)
+from .run_support import (build_detector, build_engine, check_device, check_out, discover_data, few_shot_prepare,
+                          name_map, reference_pools, run_with_progress, write_html_report)
 
 # kept for callers of the earlier module layout
 _detector = build_detector
@@ -97,8 +95,6 @@ def run(
     precision: str = typer.Option("fp32", "--precision", help="fp32 or int8, for the export made on first use."),
 ) -> None:
     """Score every test image under --data; write scores, overlays, masks and metrics to --out."""
-    from ..prompting.llm import resolve_classes
-
     if shots is None:
         shots = "all" if normals is not None else "0"
     if shots != "all" and not shots.isdigit():
@@ -123,13 +119,7 @@ def run(
     check_out(out)
     check_device(device)
     run_engine = build_engine(engine, workers, gpus_per_worker, ray_address)
-    try:
-        wanted = resolve_classes(classes) if classes else None
-        dataset, warnings = discover(data, wanted, "object")
-    except (InputError, ValueError) as exc:
-        fail(str(exc))
-    plain = data.is_file() or not (is_visa_root(data) or is_class_folder(data) or
-                                   any(is_class_folder(p) for p in data.iterdir() if p.is_dir()))
+    dataset, warnings, plain = discover_data(data, classes)
     names = name_map(class_name, list(dataset), "--class-name")
     libs = name_map(prompt_class, list(dataset), "--prompt-class")
     if plain and names:  # a plain folder's one class takes the given name everywhere

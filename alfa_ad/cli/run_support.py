@@ -145,6 +145,22 @@ def name_map(spec: Optional[str], classes: list[str], option: str) -> dict[str, 
     return out
 
 
+def discover_data(data: Path, classes: Optional[str]) -> tuple[dict[str, list[Sample]], list[str], bool]:
+    """``--data`` (and ``--classes``) -> (images per class, discovery warnings, whether it is a plain
+    folder or a single image rather than a dataset layout); every problem is a one-line error."""
+    from ..io.datasets import discover, is_class_folder, is_visa_root
+    from ..prompting.llm import resolve_classes
+
+    try:
+        wanted = resolve_classes(classes) if classes else None
+        dataset, warnings = discover(data, wanted, "object")
+    except (InputError, ValueError) as exc:
+        fail(str(exc))
+    plain = data.is_file() or not (is_visa_root(data) or is_class_folder(data) or
+                                   any(is_class_folder(p) for p in data.iterdir() if p.is_dir()))
+    return dataset, warnings, plain
+
+
 def reference_pools(data: Path, normals: Optional[Path], classes: list[str], plain: bool
                     ) -> dict[str, tuple[list[Path], str]]:
     """Per class, the candidate normal images and where they came from (checked up front)."""
