@@ -85,6 +85,21 @@ def test_missing_default_weights_fail_before_open_clip_is_imported(no_hub):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(no_hub / "hf")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.stdout.split() == ["WeightsUnavailableError", "False"], out.stdout + out.stderr
+    # the API and the CLI say it before torch loads at all
+    code = ("import sys, numpy as np\nimport alfa_ad\ntry:\n    alfa_ad.detect(np.zeros((8, 8, 3), np.uint8))\n"
+            "except Exception as exc:\n    print(type(exc).__name__, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.stdout.split() == ["WeightsUnavailableError", "False"], out.stdout + out.stderr
+    code = ("import sys\nfrom alfa_ad.cli import app\ntry:\n    app(['run', '--data', sys.argv[1], '--out', sys.argv[2]])\n"
+            "except SystemExit as exc:\n    print(exc.code, 'torch' in sys.modules)\n")
+    (no_hub / "data").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(no_hub / "data" / "a.png")
+    out = subprocess.run([sys.executable, "-c", code, str(no_hub / "data"), str(no_hub / "out")], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
+    assert "weights download" in out.stderr
 
 
 def test_unknown_pretrained_tag_lists_the_known_ones():

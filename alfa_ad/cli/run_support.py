@@ -49,10 +49,7 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
                    few_shot_scorer: str = "bank", fusion: str = "raw",
                    learned: Optional[Path] = None):
     """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error."""
-    from ..detector import Detector
-    from ..model.weights import WeightsUnavailableError
-    from ..prompting.library import LibraryError
-    from ..scoring.tiling import parse_tile
+    from ..model.weights import WeightsUnavailableError, require_pretrained
 
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS.names())}, got {method!r}")
@@ -68,6 +65,14 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         fail(f"{prompts}: prompt library not found")
     if learned is not None and not learned.is_file():
         fail(f"{learned}: learned-prompt file not found")
+    try:  # missing default weights: the one-line error before torch and the model code load
+        require_pretrained(model, pretrained, weights, checkpoint)
+    except WeightsUnavailableError as exc:
+        fail(str(exc))
+    from ..detector import Detector  # torch and the model code load from here on
+    from ..prompting.library import LibraryError
+    from ..scoring.tiling import parse_tile
+
     try:
         parse_tile(tile)
     except ValueError as exc:

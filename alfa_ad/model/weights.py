@@ -107,6 +107,19 @@ def known_ref(model: str, tag: str) -> PretrainedRef | None:
     return _ref_from_cfg(model, tag, entry) if isinstance(entry, dict) else None
 
 
+def require_pretrained(model: str | None, tag: str, weights: str = "pretrained", checkpoint: object = None) -> None:
+    """For pretrained weights of a model in the shipped records: find them (or download them when
+    the hub is reachable) or raise the one-line :class:`WeightsUnavailableError`, before torch
+    and the model code load.  Anything else is checked when the model is built."""
+    from .names import DEFAULT_MODEL
+
+    if weights != "pretrained" or checkpoint is not None:
+        return
+    ref = known_ref(model or DEFAULT_MODEL, tag)
+    if ref is not None:
+        fetch(ref)
+
+
 def pretrained_ref(model: str, tag: str) -> PretrainedRef:
     """open_clip's record of ``model``/``tag``; ``ValueError`` naming the known tags."""
     import open_clip

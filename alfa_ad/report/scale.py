@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..evaluation.metrics import EVAL_SIZE
 from ..evaluation.streaming import N_BINS, StreamingPixelMetrics, value_keys
@@ -63,6 +61,9 @@ class ColourScale:
 
 def eval_resize(values: np.ndarray) -> np.ndarray:
     """Bilinear resize of an HxW array to the metrics' EVAL_SIZE x EVAL_SIZE (as the runner does)."""
+    import torch  # here: the CLI imports this module and must start without torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
     return F.interpolate(t, size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear", align_corners=False)[0, 0].numpy()
 
