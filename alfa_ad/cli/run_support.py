@@ -50,6 +50,7 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
                    learned: Optional[Path] = None):
     """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error."""
     from ..model.weights import WeightsUnavailableError, require_pretrained
+    from ..scoring.tile_spec import parse_tile
 
     if method not in METHODS:
         fail(f"--method must be one of {', '.join(METHODS.names())}, got {method!r}")
@@ -65,18 +66,17 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         fail(f"{prompts}: prompt library not found")
     if learned is not None and not learned.is_file():
         fail(f"{learned}: learned-prompt file not found")
+    try:
+        parse_tile(tile)
+    except ValueError as exc:
+        fail(str(exc))
+    scale_list = _parse_ints(scales, "--scales")
     try:  # missing default weights: the one-line error before torch and the model code load
         require_pretrained(model, pretrained, weights, checkpoint)
     except WeightsUnavailableError as exc:
         fail(str(exc))
     from ..detector import Detector  # torch and the model code load from here on
     from ..prompting.library import LibraryError
-    from ..scoring.tiling import parse_tile
-
-    try:
-        parse_tile(tile)
-    except ValueError as exc:
-        fail(str(exc))
     options: dict[str, Any] = {"anomalib_compat": True} if anomalib_compat else {}
     if anomalib_compat and method != "winclip":
         fail("--anomalib-compat applies to --method winclip only")
@@ -90,7 +90,7 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
     try:
         detector = Detector(method=method, aligner=aligner, model=model, pretrained=pretrained,
                             checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
-                            seed=seed, device=device, scales=_parse_ints(scales, "--scales"), tile=tile,
+                            seed=seed, device=device, scales=scale_list, tile=tile,
                             cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,
                             prompts=str(prompts) if prompts else None, llm_prompts=llm,
                             few_shot_scorer=few_shot_scorer, fusion=fusion,

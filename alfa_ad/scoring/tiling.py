@@ -27,6 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .tile_spec import parse_tile  # noqa: F401  (its torch-free home; imported from here too)
+
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
 
 MAX_ASPECT = 2.0
@@ -34,25 +36,6 @@ MAX_DOWNSCALE = 4.5
 TILE_DOWNSCALE = 2.0
 MIN_OVERLAP = 0.25
 EDGE_WEIGHT = 0.05
-
-
-def parse_tile(spec: str | int | None) -> str | int:
-    """``"auto"``, ``"none"`` or a positive tile side in pixels; ``ValueError`` otherwise."""
-    if spec is None:
-        return "none"
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        value = spec
-    else:
-        text = str(spec).strip().lower()
-        if text in ("auto", "none"):
-            return text
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"--tile must be auto, none or a tile side in pixels, got {spec!r}") from None
-    if value < 8:
-        raise ValueError(f"--tile must be at least 8 pixels, got {value}")
-    return value
 
 
 def _starts(length: int, tile: int, overlap: float) -> list[int]:
