@@ -1,0 +1,207 @@
+"""Few-shot state of a :class:`~alfa_ad.detector.Detector`: fitting normal references,
+the memory banks remembered by content, fusion statistics and calibration.
+
+A mixin, so ``Detector`` keeps one API while the reference handling lives here.  It
+relies on the detector's ``method``, ``config``, ``backbone``, ``_units``,
+``_unit_batches``, ``_text_state`` and ``predict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .io.images import load_image
+from .results import Thresholds
+from .scoring.fusion import fuse, reference_stats
+
+__all__ = ["BANK_CACHE_SIZE", "ReferenceFitting", "content_key"]
+
+BANK_CACHE_SIZE = 4  # fitted memory banks a Detector remembers (keyed by the references' content)
+
+
+def content_key(images: Sequence[Any], extra: str = "") -> str:
+    """A digest of the references' content (file bytes, PIL pixels or array bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(extra.encode())
+    for im in images:
+        if isinstance(im, (str, os.PathLike)):
+            try:
+                h.update(Path(im).read_bytes())
+            except OSError:
+                h.update(f"unreadable:{im}".encode())  # load_image reports it when the bank is built
+        elif isinstance(im, Image.Image):
+            h.update(f"{im.mode}{im.size}".encode())
+            h.update(im.tobytes())
+        elif isinstance(im, np.ndarray):
+            h.update(f"{im.dtype}{im.shape}".encode())
+            h.update(np.ascontiguousarray(im).tobytes())
+        else:
+            h.update(repr(im).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+class ReferenceFitting:
+    """Few-shot methods of :class:`~alfa_ad.detector.Detector` (see the module docstring)."""
+
+    def fit_normals(self, images: Sequence[Any], *, coreset: int | None = None, seed: int = 0,
+                    max_leave_one_out: int = 16) -> list[str]:
+        """Fit the few-shot scorer on normal reference images; returns warnings.
+
+        Raises ``ImageLoadError`` naming a corrupt reference and ``ValueError`` when
+        no image is given.  ``coreset`` bounds each token set (greedy k-center, computed
+        once).  References are tiled like test images.  Kept afterwards: the coreset, each
+        reference's leave-one-out visual results, and the decoded pixels of at most
+        ``max_leave_one_out`` references (chosen with ``seed``), which calibration and
+        normalized fusion score zero-shot once per class; not the references' features.
+        The last :data:`BANK_CACHE_SIZE` fits are remembered by the references' content,
+        so fitting the same references again costs no forward pass.
+        """
+        if not images:
+            raise ValueError("fit_normals needs at least one normal reference image")
+        self.thresholds = None  # thresholds belong to the bank they were calibrated with
+        self._class_parts = {}
+        options = {"coreset": coreset, "seed": seed}
+        key = content_key(images, f"{coreset}|{seed}|{self.config.tile}|{max_leave_one_out}")
+        if key in self._banks:
+            self._banks.move_to_end(key)
+            self.normals, self._normal_groups, bank, self._loo_images, warnings = self._banks[key]
+            self._fit_options = options
+            self.method.import_bank(bank)
+            return list(warnings)
+        pil = [load_image(im) for im in images]
+        warnings = []
+        sizes = sorted({im.size for im in pil})
+        if len(sizes) > 1:
+            warnings.append(f"normal references have {len(sizes)} different sizes ({sizes[0]} .. {sizes[-1]}); "
+                            "all are resized to the model input, so aspect-ratio changes affect the memory bank")
+        modes = {_source_mode(im) for im in images} - {None}
+        if len(modes) > 1:
+            warnings.append(f"normal references mix image modes {sorted(modes)}; all are converted to RGB")
+        groups, units = self._units(pil)
+        features = self.method.extract_normals(self._unit_batches(pil, units))
+        self.method.set_normals(features, owners=[i for i, _ in units], **options)
+        del features
+        order = np.random.default_rng(seed).permutation(len(pil))[:max_leave_one_out]
+        self._loo_images = {int(i): pil[i] for i in order}
+        self.normals = [str(im) if isinstance(im, (str, os.PathLike)) else f"<image {i}>" for i, im in enumerate(images)]
+        self._normal_groups = groups
+        self._fit_options = options
+        self._banks[key] = (self.normals, groups, self.method.export_bank(), self._loo_images, tuple(warnings))
+        while len(self._banks) > BANK_CACHE_SIZE:
+            self._banks.popitem(last=False)
+        return warnings
+
+    def clear_normals(self) -> None:
+        self.method.clear_normals()
+        self.normals, self._normal_groups, self._loo_images, self._class_parts = [], [], {}, {}
+        self.thresholds = None
+
+    def _reference_parts(self, class_name: str) -> dict[str, Any]:
+        """The references' zero-shot parts for ``class_name`` (one zero-shot pass over the kept
+        references, once per class) and the fusion statistics (None: raw fusion)."""
+        if class_name in self._class_parts:
+            return self._class_parts[class_name]
+        refs = self.method.export_bank()
+        chosen = list(self._loo_images)
+        images = [self._loo_images[i] for i in chosen]
+        groups, units = self._units(images)
+        text = self._text_state(class_name)
+        parts = [self.method.zero_shot_parts(p, text) for p in self._unit_batches(images, units)]
+        language = None if parts[0][0] is None else torch.cat([p[0] for p in parts]).cpu()
+        global_ = None if parts[0][1] is None else torch.cat([p[1] for p in parts]).cpu()
+        subset = [self._normal_groups[i][k] for i, g in zip(chosen, groups) for k in range(len(g))]
+        stats = None
+        if self.config.fusion == "normalized" and refs is not None and refs.loo_visual is not None:
+            stats = reference_stats(refs.loo_visual, refs.loo_image, language, global_, subset,
+                                    getattr(self.method, "peak_of_visual", False))
+        out = {"chosen": chosen, "groups": groups, "subset": subset, "language": language, "global": global_,
+               "stats": stats}
+        self._class_parts[class_name] = out
+        return out
+
+    def _fusion_stats(self, class_name: str):
+        if self.config.fusion != "normalized" or self.method.export_bank() is None or len(self.normals) < 2:
+            return None
+        return self._reference_parts(class_name)["stats"]
+
+    def fusion_statistics(self, class_name: str = "object") -> dict[str, Any] | None:
+        """The reference statistics normalized fusion uses for ``class_name`` (None: raw fusion)."""
+        stats = self._fusion_stats(class_name)
+        return None if stats is None else stats.as_dict()
+
+    def calibrate(self, images: Sequence[Any] | None = None, class_name: str = "object", fpr: float = 0.01,
+                  max_leave_one_out: int = 16) -> Thresholds:
+        """Set image and pixel thresholds at false-positive rate ``fpr`` from normal images.
+
+        ``images``: extra normal images scored as they are.  ``None``: leave-one-out over
+        the fitted references (at most ``max_leave_one_out`` of those kept at fit time):
+        each one's visual part against the other references was computed at fit time
+        from a coreset computed once; its zero-shot part comes from one pass per class.
+        No model run per left-out reference, no coreset per left-out reference.
+        """
+        if not 0 < fpr < 1:
+            raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+        self.thresholds = None
+        if images is not None:
+            if not images:
+                raise ValueError("calibrate needs at least one normal image")
+            results = self.predict(images, class_name)
+            scores = np.array([r.score for r in results])
+            maxima = np.array([r.anomaly_map.max() for r in results])
+            source = "calibration images"
+        else:
+            if len(self.normals) < 2:
+                raise ValueError("leave-one-out calibration needs at least 2 normal references (fit_normals)")
+            scores, maxima = self._leave_one_out(class_name, max_leave_one_out)
+            source = "leave-one-out over the references"
+        self.thresholds = Thresholds(float(np.quantile(scores, 1 - fpr, method="higher")),
+                                     float(np.quantile(maxima, 1 - fpr, method="higher")), fpr, len(scores), source)
+        return self.thresholds
+
+    def _leave_one_out(self, class_name: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per kept reference: its score and map maximum with the others as references.
+        A tiled reference takes its highest tile score and tile-map maximum."""
+        parts = self._reference_parts(class_name)
+        refs = self.method.export_bank()
+        subset = parts["subset"]
+        visual = refs.loo_visual[subset]
+        image = None if refs.loo_image is None else refs.loo_image[subset]
+        stats = parts["stats"] if self.config.fusion == "normalized" else None
+        patch, unit_scores, normalized = fuse(parts["language"], parts["global"], visual, image, stats,
+                                              getattr(self.method, "peak_of_visual", False))
+        with torch.inference_mode():
+            maps = self.method.finish(patch.view(-1, *self.backbone.grid).to(self.backbone.device), normalized)
+        maps = maps.float().cpu()
+        scores, maxima = [], []
+        for i, g in zip(parts["chosen"][:limit], parts["groups"][:limit]):
+            scores.append(float(unit_scores[g].max()))
+            if len(g) == 1:  # as predict: the map resized to the image, then its maximum
+                im = self._loo_images[i]
+                full = F.interpolate(maps[g[0]][None, None], size=(im.height, im.width), mode="bilinear",
+                                     align_corners=False)
+                maxima.append(float(full.clamp(0, 1).max()))
+            else:  # tiles: the largest tile maximum (the blend cannot exceed it)
+                maxima.append(float(maps[g].clamp(0, 1).max()))
+        return np.array(scores), np.array(maxima)
+
+
+def _source_mode(image: Any) -> str | None:
+    """The stored mode of a path input (without decoding), of a PIL image, else None."""
+    if isinstance(image, Image.Image):
+        return image.mode
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as im:
+                return im.mode
+        except Exception:  # noqa: BLE001 - load_image already reported unreadable files
+            return None
+    return None
