@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_write_text
+from ..io.paths import read_text_file
 from .base import PromptSet, tagged
 from .templates import readable_class_name
 
@@ -123,14 +124,7 @@ def load_library(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a library file; :class:`LibraryError` names the file on any problem."""
     p = Path(path)
     where = f"prompt library {p}"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LibraryError(f"{where}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise LibraryError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise LibraryError(f"{where}: cannot read ({e.strerror or e})") from None
+    text = read_text_file(p, where, LibraryError)
     try:
         library = json.loads(text)
     except json.JSONDecodeError as e:

@@ -28,6 +28,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from ..io.paths import read_text_file
 from .library import class_key
 
 __all__ = ["RulesError", "Rules", "load_rules", "parse_rules_text"]
@@ -122,14 +123,7 @@ def load_rules(path: str | os.PathLike[str]) -> Rules:
     """Read a rules file (YAML by extension, else plain text); :class:`RulesError` names the file."""
     p = Path(path)
     where = f"rules file {p}"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RulesError(f"{where}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise RulesError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise RulesError(f"{where}: cannot read ({e.strerror or e})") from None
+    text = read_text_file(p, where, RulesError)
     rules = _parse_yaml(text, where) if p.suffix.lower() in (".yaml", ".yml") else parse_rules_text(text, where)
     if not rules:
         raise RulesError(f"{where}: no rules found")
