@@ -383,6 +383,27 @@ def test_library_other_model_is_not_complete_and_bad_file_is_kept(server, tmp_pa
     assert out.read_text() == "{broken"
 
 
+def test_a_class_made_with_a_larger_target_is_complete_a_smaller_one_is_not(server, tmp_path):
+    """A rerun with a smaller --target (or the same) asks nothing; a larger one asks again,
+    and so does any other setting change."""
+    out, cache = tmp_path / "lib.json", tmp_path / "c"
+    cfg = make_config(server.base_url)
+    generate_library(["alpha"], cfg, out, settings=SMALL, cache_dir=cache)
+    made = load_library(out)["classes"]["alpha"]
+    for smaller in (SMALL, GenerationSettings(target=SMALL.target - 3, max_rounds=SMALL.max_rounds)):
+        server.reset()
+        events = []
+        generate_library(["alpha"], cfg, out, settings=smaller, cache_dir=tmp_path / "empty",
+                         on_progress=lambda ev: events.append(ev.status))  # an empty cache: nothing replayed
+        assert server.count == 0 and events == ["skipped"]
+        assert load_library(out)["classes"]["alpha"] == made
+    for i, changed in enumerate((GenerationSettings(target=SMALL.target + 1, max_rounds=SMALL.max_rounds),
+                                 GenerationSettings(target=SMALL.target - 3, max_rounds=SMALL.max_rounds + 1))):
+        server.reset()
+        generate_library(["alpha"], cfg, out, settings=changed, cache_dir=tmp_path / f"fresh{i}")
+        assert server.count > 0, changed
+
+
 def test_api_key_never_stored_or_reported(server, tmp_path):
     out = tmp_path / "lib.json"
     cache_dir = tmp_path / "cache"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
@@ -279,9 +279,18 @@ class ProgressEvent(NamedTuple):
     detail: str = ""    # the error line for "failed"
 
 
-def _complete(entry: Any, model: str, fingerprint: str) -> bool:
-    return (isinstance(entry, dict) and entry.get("model") == model and entry.get("fingerprint") == fingerprint
-            and all(isinstance(entry.get(k), list) and entry.get(k) for k in ("normal", "abnormal", "descriptors")))
+def _complete(entry: Any, model: str, settings: GenerationSettings, rules: Sequence[str],
+              aliases: Sequence[str]) -> bool:
+    """Whether ``entry`` already answers this request: same model, rules, aliases and
+    settings, except that an entry made with a larger ``target`` also counts (it asked
+    for at least as much; asking again for less would only drop prompts)."""
+    if not (isinstance(entry, dict) and entry.get("model") == model
+            and all(isinstance(entry.get(k), list) and entry.get(k) for k in ("normal", "abnormal", "descriptors"))):
+        return False
+    made = entry.get("settings", {}).get("target") if isinstance(entry.get("settings"), dict) else None
+    if not isinstance(made, int) or isinstance(made, bool) or made < settings.target:
+        return False
+    return entry.get("fingerprint") == _fingerprint(replace(settings, target=made), rules, aliases)
 
 
 def generate_library(
@@ -300,8 +309,8 @@ def generate_library(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Generate (or complete) the library at ``out_path``; return ``(library, errors)``.
 
-    A class already in the file from the same model, settings, rules and aliases is
-    skipped unless ``refresh``; an existing entry's ``aliases`` are reused.  The
+    A class already in the file from the same model, settings (or a larger ``target``),
+    rules and aliases is skipped unless ``refresh``; an existing entry's ``aliases`` are reused.  The
     file is rewritten atomically after each generated class.  ``errors`` maps each
     failed class to a one-line message; the other classes still run.  An existing
     but invalid library file raises :class:`~alfa_ad.prompting.library.LibraryError`.
@@ -327,7 +336,7 @@ def generate_library(
             extra = [a for a in (old or {}).get("aliases", []) if isinstance(a, str)]
             class_rules = rules.for_class(name) if rules else []
             aliases = class_aliases(name, extra)
-            if not refresh and _complete(old, config.model, _fingerprint(s, class_rules, aliases)):
+            if not refresh and _complete(old, config.model, s, class_rules, aliases):
                 report(i, name, "skipped")
                 continue
             report(i, name, "generating")
