@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -99,13 +98,7 @@ class Detector(ReferenceFitting):
                                  **self.config.options)
         directory = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.text_cache = TextEmbeddingCache(directory)
-        self.thresholds: Thresholds | None = None
-        self.normals: list[str] = []  # one label per fitted reference (features are kept, not images)
-        self._normal_groups: list[list[int]] = []  # per reference image: its units (tiles) in the features
-        self._loo_images: dict[int, Image.Image] = {}  # the <= 16 references scored zero-shot for calibration
-        self._class_parts: dict[str, Any] = {}  # class -> references' zero-shot parts and fusion statistics
-        self._fit_options: dict[str, Any] = {}
-        self._banks: OrderedDict[str, tuple] = OrderedDict()
+        self._init_references()  # few-shot state (alfa_ad/reference_fitting.py)
         self.prompt_classes: dict[str, str] = {}  # class name -> prompt-library class (``--prompt-class``)
         self._prompts: dict[str, PromptSet] = {}
         self._text: dict[str, Any] = {}
@@ -330,8 +323,8 @@ def detect(image: Any, class_name: str = "object", normals: Sequence[Any] | None
         detector = _cached_detector(frozen)
     except TypeError:
         detector = Detector(**options)
-    if normals:
-        detector.fit_normals(normals)
+    if normals:  # raw fusion without calibration needs no leave-one-out references
+        detector.fit_normals(normals, max_leave_one_out=0 if detector.config.fusion == "raw" else 16)
     else:
         detector.clear_normals()
     return detector(image, class_name)

@@ -1,8 +1,9 @@
 """Few-shot state of a :class:`~alfa_ad.detector.Detector`: fitting normal references,
 the memory banks remembered by content, fusion statistics and calibration.
 
-A mixin, so ``Detector`` keeps one API while the reference handling lives here.  It
-relies on the detector's ``method``, ``config``, ``backbone``, ``_units``,
+A mixin, so ``Detector`` keeps one API while the reference handling lives here; its
+state is set by :meth:`ReferenceFitting._init_references` (``Detector.__init__`` calls
+it).  It relies on the detector's ``method``, ``config``, ``backbone``, ``_units``,
 ``_unit_batches``, ``_text_state`` and ``predict``.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,10 +22,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .io.images import load_image
+from .methods.base import ZeroShotFeatures
 from .results import Thresholds
 from .scoring.fusion import fuse, reference_stats
 
-__all__ = ["BANK_CACHE_SIZE", "ReferenceFitting", "content_key"]
+__all__ = ["BANK_CACHE_SIZE", "LeaveOneOutReferences", "ReferenceFitting", "content_key"]
 
 BANK_CACHE_SIZE = 4  # fitted memory banks a Detector remembers (keyed by the references' content)
 
@@ -49,8 +53,41 @@ def content_key(images: Sequence[Any], extra: str = "") -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class LeaveOneOutReferences:
+    """What calibration and normalized fusion keep of the (at most 16) leave-one-out references:
+    features, not pixels.
+
+    ``chosen``: their indices among the fitted references, in leave-one-out order;
+    ``sizes``: each one's ``(width, height)``; ``groups``: each one's rows in ``features``
+    (one per tile); ``units``: those rows' unit numbers in the memory bank's owners;
+    ``features``: their zero-shot features on the CPU (None when the method has no text part).
+    """
+
+    chosen: tuple[int, ...] = ()
+    sizes: tuple[tuple[int, int], ...] = ()
+    groups: tuple[tuple[int, ...], ...] = ()
+    units: tuple[int, ...] = ()
+    features: ZeroShotFeatures | None = None
+
+    @property
+    def nbytes(self) -> int:
+        f = self.features
+        return 0 if f is None else sum(t.numel() * t.element_size() for t in [f.g, *f.local])
+
+
 class ReferenceFitting:
     """Few-shot methods of :class:`~alfa_ad.detector.Detector` (see the module docstring)."""
+
+    def _init_references(self) -> None:
+        """The few-shot state: nothing fitted, no thresholds, no remembered banks."""
+        self.thresholds = None
+        self.normals: list[str] = []  # one label per fitted reference (features are kept, not images)
+        self._normal_groups: list[list[int]] = []  # per reference image: its units (tiles) in the features
+        self._loo = LeaveOneOutReferences()  # the <= 16 references calibration scores, as features
+        self._class_parts: dict[str, Any] = {}  # class -> references' zero-shot parts and fusion statistics
+        self._fit_options: dict[str, Any] = {}
+        self._banks: OrderedDict[str, tuple] = OrderedDict()  # content key -> a fit, the last BANK_CACHE_SIZE
 
     def fit_normals(self, images: Sequence[Any], *, coreset: int | None = None, seed: int = 0,
                     max_leave_one_out: int = 16) -> list[str]:
@@ -59,9 +96,11 @@ class ReferenceFitting:
         Raises ``ImageLoadError`` naming a corrupt reference and ``ValueError`` when
         no image is given.  ``coreset`` bounds each token set (greedy k-center, computed
         once).  References are tiled like test images.  Kept afterwards: the coreset, each
-        reference's leave-one-out visual results, and the decoded pixels of at most
-        ``max_leave_one_out`` references (chosen with ``seed``), which calibration and
-        normalized fusion score zero-shot once per class; not the references' features.
+        reference's leave-one-out visual results, and for at most ``max_leave_one_out``
+        references (chosen with ``seed``) their zero-shot features (global and window
+        embeddings, from the same forward pass), which calibration and normalized fusion
+        score for any class; not the decoded images, not the other features.  With
+        ``max_leave_one_out=0`` nothing is kept for them (and neither can run).
         The last :data:`BANK_CACHE_SIZE` fits are remembered by the references' content,
         so fitting the same references again costs no forward pass.
         """
@@ -73,7 +112,7 @@ class ReferenceFitting:
         key = content_key(images, f"{coreset}|{seed}|{self.config.tile}|{max_leave_one_out}")
         if key in self._banks:
             self._banks.move_to_end(key)
-            self.normals, self._normal_groups, bank, self._loo_images, warnings = self._banks[key]
+            self.normals, self._normal_groups, bank, self._loo, warnings = self._banks[key]
             self._fit_options = options
             self.method.import_bank(bank)
             return list(warnings)
@@ -87,44 +126,51 @@ class ReferenceFitting:
         if len(modes) > 1:
             warnings.append(f"normal references mix image modes {sorted(modes)}; all are converted to RGB")
         groups, units = self._units(pil)
-        features = self.method.extract_normals(self._unit_batches(pil, units))
+        chosen = [int(i) for i in np.random.default_rng(seed).permutation(len(pil))[:max_leave_one_out]]
+        keep = {u for i in chosen for u in groups[i]}
+        features, zero_shot = self.method.extract_normals(self._unit_batches(pil, units), keep=keep)
         self.method.set_normals(features, owners=[i for i, _ in units], **options)
         del features
-        order = np.random.default_rng(seed).permutation(len(pil))[:max_leave_one_out]
-        self._loo_images = {int(i): pil[i] for i in order}
+        self._loo = _leave_one_out_references(chosen, [pil[i].size for i in chosen], groups, zero_shot)
+        del pil
         self.normals = [str(im) if isinstance(im, (str, os.PathLike)) else f"<image {i}>" for i, im in enumerate(images)]
         self._normal_groups = groups
         self._fit_options = options
-        self._banks[key] = (self.normals, groups, self.method.export_bank(), self._loo_images, tuple(warnings))
+        self._banks[key] = (self.normals, groups, self.method.export_bank(), self._loo, tuple(warnings))
         while len(self._banks) > BANK_CACHE_SIZE:
             self._banks.popitem(last=False)
         return warnings
 
     def clear_normals(self) -> None:
         self.method.clear_normals()
-        self.normals, self._normal_groups, self._loo_images, self._class_parts = [], [], {}, {}
+        self.normals, self._normal_groups, self._class_parts = [], [], {}
+        self._loo = LeaveOneOutReferences()
         self.thresholds = None
 
     def _reference_parts(self, class_name: str) -> dict[str, Any]:
-        """The references' zero-shot parts for ``class_name`` (one zero-shot pass over the kept
-        references, once per class) and the fusion statistics (None: raw fusion)."""
+        """The leave-one-out references' zero-shot parts for ``class_name`` (their kept
+        features against the class's prompts, once per class; no model run) and the fusion
+        statistics (None: raw fusion)."""
         if class_name in self._class_parts:
             return self._class_parts[class_name]
         refs = self.method.export_bank()
-        chosen = list(self._loo_images)
-        images = [self._loo_images[i] for i in chosen]
-        groups, units = self._units(images)
-        text = self._text_state(class_name)
-        parts = [self.method.zero_shot_parts(p, text) for p in self._unit_batches(images, units)]
-        language = None if parts[0][0] is None else torch.cat([p[0] for p in parts]).cpu()
-        global_ = None if parts[0][1] is None else torch.cat([p[1] for p in parts]).cpu()
-        subset = [self._normal_groups[i][k] for i, g in zip(chosen, groups) for k in range(len(g))]
+        loo = self._loo
+        language = global_ = None
+        if loo.features is not None:
+            text = self._text_state(class_name)
+            parts = []
+            for start in range(0, len(loo.features), self.batch_size):
+                rows = range(start, min(start + self.batch_size, len(loo.features)))
+                parts.append(self.method.zero_shot_scores(loo.features.select(rows).to(self.backbone.device), text))
+            language = torch.cat([p[0] for p in parts]).cpu()
+            global_ = torch.cat([p[1] for p in parts]).cpu()
+        subset = list(loo.units)
         stats = None
-        if self.config.fusion == "normalized" and refs is not None and refs.loo_visual is not None:
+        if self.config.fusion == "normalized" and refs is not None and refs.loo_visual is not None and subset:
             stats = reference_stats(refs.loo_visual, refs.loo_image, language, global_, subset,
                                     getattr(self.method, "peak_of_visual", False))
-        out = {"chosen": chosen, "groups": groups, "subset": subset, "language": language, "global": global_,
-               "stats": stats}
+        out = {"chosen": list(loo.chosen), "groups": [list(g) for g in loo.groups], "subset": subset,
+               "language": language, "global": global_, "stats": stats}
         self._class_parts[class_name] = out
         return out
 
@@ -161,6 +207,9 @@ class ReferenceFitting:
         else:
             if len(self.normals) < 2:
                 raise ValueError("leave-one-out calibration needs at least 2 normal references (fit_normals)")
+            if not self._loo.chosen:
+                raise ValueError("leave-one-out calibration needs references kept at fit time "
+                                 "(fit_normals with max_leave_one_out > 0)")
             scores, maxima = self._leave_one_out(class_name, max_leave_one_out)
             source = "leave-one-out over the references"
         self.thresholds = Thresholds(float(np.quantile(scores, 1 - fpr, method="higher")),
@@ -182,16 +231,29 @@ class ReferenceFitting:
             maps = self.method.finish(patch.view(-1, *self.backbone.grid).to(self.backbone.device), normalized)
         maps = maps.float().cpu()
         scores, maxima = [], []
-        for i, g in zip(parts["chosen"][:limit], parts["groups"][:limit]):
+        for (width, height), g in zip(self._loo.sizes[:limit], parts["groups"][:limit]):
             scores.append(float(unit_scores[g].max()))
             if len(g) == 1:  # as predict: the map resized to the image, then its maximum
-                im = self._loo_images[i]
-                full = F.interpolate(maps[g[0]][None, None], size=(im.height, im.width), mode="bilinear",
+                full = F.interpolate(maps[g[0]][None, None], size=(height, width), mode="bilinear",
                                      align_corners=False)
                 maxima.append(float(full.clamp(0, 1).max()))
             else:  # tiles: the largest tile maximum (the blend cannot exceed it)
                 maxima.append(float(maps[g].clamp(0, 1).max()))
         return np.array(scores), np.array(maxima)
+
+
+def _leave_one_out_references(chosen: list[int], sizes: list[tuple[int, int]], groups: list[list[int]],
+                               zero_shot: ZeroShotFeatures | None) -> LeaveOneOutReferences:
+    """Rows of ``zero_shot`` (units in increasing order) rearranged in ``chosen`` order,
+    each reference's tiles together."""
+    units = [u for i in chosen for u in groups[i]]
+    position = {u: k for k, u in enumerate(sorted(units))}
+    local_groups, start = [], 0
+    for i in chosen:
+        local_groups.append(tuple(range(start, start + len(groups[i]))))
+        start += len(groups[i])
+    features = None if zero_shot is None else zero_shot.select([position[u] for u in units])
+    return LeaveOneOutReferences(tuple(chosen), tuple(sizes), tuple(local_groups), tuple(units), features)
 
 
 def _source_mode(image: Any) -> str | None:

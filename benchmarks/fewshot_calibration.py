@@ -10,13 +10,17 @@ CLI's default coreset (4096); ``calibrate`` = ``Detector.calibrate(None)`` (leav
 over the references).  Wall seconds and CPU seconds (``time.process_time``, all threads:
 the robust figure on a shared, loaded machine).  ``--memory N`` fits N normals (the folder's images repeated, each
 copy made distinct by a one-pixel change) and reports the bytes of the tensors, arrays
-and decoded images the Detector holds afterwards (gc-reachable from it).
+and decoded images the Detector holds afterwards (gc-reachable from it), the part of it
+that is the leave-one-out references' zero-shot features, the process's resident memory
+before and after the fit, and its peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -61,6 +65,11 @@ def held_bytes(root) -> int:
     return total
 
 
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -84,12 +93,19 @@ def main() -> None:
             a[0, 0, 0] = (int(a[0, 0, 0]) + i // len(files)) % 256
             images.append(Image.fromarray(a))
         base = held_bytes(det)
+        gc.collect()
+        rss_before = rss_mb()
         t = time.perf_counter()
         det.fit_normals(images, **fit_kwargs)
         fit_s = time.perf_counter() - t
         del images
         gc.collect()
-        print(f"normals={args.memory} fit_s={fit_s:.1f} held_MB={(held_bytes(det) - base) / 2**20:.1f}")
+        loo = getattr(det, "_loo", None)
+        loo_mb = f"{loo.nbytes / 2**20:.1f}" if loo is not None else "n/a"
+        print(f"normals={args.memory} fit_s={fit_s:.1f} held_MB={(held_bytes(det) - base) / 2**20:.1f} "
+              f"(leave-one-out features {loo_mb} MB) bank_size={det.method.bank_size} "
+              f"rss_before_fit_MB={rss_before:.0f} rss_after_MB={rss_mb():.0f} "
+              f"peak_rss_MB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
         return
     t, c = time.perf_counter(), time.process_time()
     det.fit_normals(files, **fit_kwargs)

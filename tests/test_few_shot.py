@@ -482,9 +482,9 @@ def test_detect_remembers_memory_banks_by_reference_content(spot_set, monkeypatc
     calls = []
     original = AlfaMethod.extract_normals
 
-    def counting(self, batches):
+    def counting(self, batches, **kw):
         calls.append(1)
-        return original(self, batches)
+        return original(self, batches, **kw)
 
     monkeypatch.setattr(AlfaMethod, "extract_normals", counting)
     img = spot_set[0][0]

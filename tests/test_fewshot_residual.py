@@ -23,6 +23,7 @@ from alfa_ad.methods.alfa import AlfaMethod
 from alfa_ad.methods.alfa_head import AlfaHead
 from alfa_ad.scoring.fewshot import default_memory_layers, default_residual_layers
 from alfa_ad.scoring.fusion import Stat, fuse, reference_stats
+from PIL import Image
 
 from conftest import grey_texture, spot_image
 
@@ -227,10 +228,19 @@ def test_leave_one_out_equals_refitting_without_each_reference(planted_backbone,
 
 
 def test_calibration_runs_no_model_per_reference(planted_backbone, monkeypatch):
+    """Fitting keeps the leave-one-out references' zero-shot features (from the fit's own
+    forward pass); calibration scores them against each class's prompts and runs no model."""
     det = Detector(planted_backbone, cache_dir=None, few_shot_scorer="residual")
     det.fit_normals(_clean(5, seed=700))
-    calls = {"call": 0, "zero": 0}
+    calls = {"call": 0, "zero": 0, "encode": 0}
     call, zero = AlfaMethod.__call__, AlfaMethod.zero_shot_parts
+    import alfa_ad.methods.alfa as alfa_module
+
+    encode = alfa_module.encode
+
+    def counting_encode(*a, **k):
+        calls["encode"] += 1
+        return encode(*a, **k)
 
     def counting_call(self, *a, **k):
         calls["call"] += 1
@@ -242,17 +252,26 @@ def test_calibration_runs_no_model_per_reference(planted_backbone, monkeypatch):
 
     monkeypatch.setattr(AlfaMethod, "__call__", counting_call)
     monkeypatch.setattr(AlfaMethod, "zero_shot_parts", counting_zero)
+    monkeypatch.setattr(alfa_module, "encode", counting_encode)
+    monkeypatch.setattr(planted_backbone, "tokens", lambda *a: pytest.fail("the model ran during calibration"))
     th = det.calibrate(class_name="widget")
     assert th.n_images == 5 and 0 < th.image < 1 and 0 < th.pixel <= 1
-    assert calls == {"call": 0, "zero": 1}  # one batch of the 5 references, zero-shot, once per class
-    det.calibrate(class_name="widget", fpr=0.2)
-    assert calls == {"call": 0, "zero": 1}
-    # nothing but the coreset, leave-one-out results and <= 16 decoded references is kept
-    assert not hasattr(det, "_normal_features") and len(det._loo_images) == 5
+    det.calibrate(class_name="gadget", fpr=0.2)  # another class: its prompts, the same kept features
+    assert calls == {"call": 0, "zero": 0, "encode": 0}
+    monkeypatch.undo()
+    # nothing but the coreset, leave-one-out results and <= 16 references' zero-shot features is kept
+    assert not hasattr(det, "_normal_features") and not hasattr(det, "_loo_images")
+    assert len(det._loo.chosen) == 5 and len(det._loo.features) == 5
+    assert all(not isinstance(v, Image.Image) for v in vars(det).values())
     many = Detector(planted_backbone, cache_dir=None)
     many.fit_normals(_clean(20, seed=800, size=(64, 64)), coreset=100)
-    assert len(many._loo_images) == 16 and many.method.bank_size <= 2 * 100
+    assert len(many._loo.chosen) == 16 and many.method.bank_size <= 2 * 100
     assert many.calibrate(class_name="widget").n_images == 16
+    none_kept = Detector(planted_backbone, cache_dir=None)
+    none_kept.fit_normals(_clean(3, seed=800), max_leave_one_out=0)
+    assert none_kept._loo.features is None
+    with pytest.raises(ValueError, match="max_leave_one_out"):
+        none_kept.calibrate(class_name="widget")
 
 
 # ------------------------------------------------------------------ command line

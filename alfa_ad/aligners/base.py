@@ -47,6 +47,15 @@ def encode(backbone: ClipBackbone, pixels: torch.Tensor, capture: Sequence[int] 
     return Features(tokens, z, g, last, tuple(caps))
 
 
+def select_rows(features: Features, rows: Sequence[int]) -> Features:
+    """The forward pass of some images of a batch (``rows``)."""
+    if len(rows) == features.g.shape[0]:
+        return features
+    idx = torch.as_tensor(list(rows), dtype=torch.long, device=features.g.device)
+    return Features(features.tokens[idx], features.z[idx], features.g[idx], features.last[idx],
+                    tuple(c[idx] for c in features.caps))
+
+
 def project_text(projection: str, g: torch.Tensor, local: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Class embeddings in each window's local space.
 

@@ -8,20 +8,20 @@ this class holds it, the prompt embeddings' preparation and the memory bank, and
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..aligners import TEXT_PROJECTIONS, build_aligner
 from ..model.backbone import ClipBackbone
-from ..aligners.base import encode
+from ..aligners.base import encode, select_rows
 from ..registry import DEFAULT_ALIGNER, FEW_SHOT_SCORERS
 from ..scoring.fewshot import default_memory_layers, fit_references, image_residual, visual_map
 from ..scoring.fusion import FUSIONS, FusionStats, fuse
 from ..scoring.zero_shot import TEMPERATURE
 from .alfa_head import AlfaHead
-from .base import BatchScores
+from .base import BatchScores, ZeroShotFeatures, extract_references
 
 __all__ = ["AlfaMethod", "TEXT_PROJECTIONS", "default_memory_layers"]
 
@@ -85,14 +85,16 @@ class AlfaMethod:
 
     # ------------------------------------------------------------- few-shot (issue 17)
     @torch.inference_mode()
-    def extract_normals(self, batches: Iterable[torch.Tensor]) -> list[tuple[list[torch.Tensor], torch.Tensor | None]]:
-        """Per normal unit (image or tile): the scorer's token sets and image embedding."""
-        out = []
-        for pixels in batches:
+    def extract_normals(self, batches: Iterable[torch.Tensor], keep: Collection[int] = ()):
+        """Per normal unit (image or tile): the scorer's token sets and image embedding; and the
+        zero-shot features of the units in ``keep`` (:func:`~alfa_ad.methods.base.extract_references`)."""
+
+        def reference_pass(pixels, rows):
             feats = encode(self.backbone, pixels, self.scorer.capture)
-            tokens, image = self.scorer.tokens(feats.caps, feats.last), self.scorer.image(feats.g)
-            out += [([t[i] for t in tokens], None if image is None else image[i]) for i in range(pixels.shape[0])]
-        return out
+            zero_shot = self.zero_shot_features(select_rows(feats, rows)) if rows else None
+            return self.scorer.tokens(feats.caps, feats.last), self.scorer.image(feats.g), zero_shot
+
+        return extract_references(batches, reference_pass, keep)
 
     def covers(self) -> list[None]:
         return [None] * len(self.scorer.layers)
@@ -108,7 +110,7 @@ class AlfaMethod:
                                    coreset, seed)
 
     def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
-        self.set_normals(self.extract_normals(batches), coreset, seed)
+        self.set_normals(self.extract_normals(batches)[0], coreset, seed)
 
     def clear_normals(self) -> None:
         self.refs = None
@@ -128,15 +130,23 @@ class AlfaMethod:
     def bank_size(self) -> int:
         return 0 if self.refs is None else self.refs.size
 
+    def zero_shot_features(self, feats) -> ZeroShotFeatures | None:
+        """The class-independent half of the zero-shot pass (None without text)."""
+        if not self.use_text:
+            return None
+        return ZeroShotFeatures(feats.g, self.head.local_embeddings(feats))
+
+    @torch.inference_mode()
+    def zero_shot_scores(self, features: ZeroShotFeatures, text) -> tuple[torch.Tensor, torch.Tensor]:
+        """Language map ``(B, P)`` and class-token score ``(B,)`` of zero-shot features."""
+        ad = self.head.adapt(features.g, *text)
+        return self.head.language_map(features.g, features.local, ad.classes).flatten(1), ad.global_scores
+
     @torch.inference_mode()
     def zero_shot_parts(self, pixels: torch.Tensor, text) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Language map ``(B, P)`` and class-token score ``(B,)`` (None, None without text)."""
-        if not self.use_text:
-            return None, None
-        feats = self.head.encode(pixels)
-        ad = self.head.adapt(feats.g, *text)
-        return self.head.language_map(feats.g, self.head.local_embeddings(feats), ad.classes).flatten(1), \
-            ad.global_scores
+        features = self.zero_shot_features(self.head.encode(pixels))
+        return (None, None) if features is None else self.zero_shot_scores(features, text)
 
     def finish(self, patch_map: torch.Tensor, normalized: bool) -> torch.Tensor:
         """``(B, gh, gw)`` -> maps at model resolution (both fusions are linear: no special case)."""

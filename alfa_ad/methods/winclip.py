@@ -13,7 +13,7 @@ and window embeddings (docs/method.md section 6).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Collection, Iterable
 
 import torch
 
@@ -24,7 +24,7 @@ from ..scoring.fewshot import fit_references, image_residual, visual_map
 from ..scoring.fusion import FUSIONS, FusionStats, fuse
 from ..scoring.windows import harmonic_aggregation, harmonic_mean
 from ..scoring.zero_shot import TEMPERATURE, anomaly_probability
-from .base import BatchScores, WindowGeometry, upsample
+from .base import BatchScores, WindowGeometry, ZeroShotFeatures, extract_references, upsample
 
 
 class WinClipMethod:
@@ -75,14 +75,16 @@ class WinClipMethod:
 
     # ------------------------------------------------------------- few-shot (issue 17)
     @torch.inference_mode()
-    def extract_normals(self, batches: Iterable[torch.Tensor]):
-        """Per normal unit (image or tile): the scorer's token sets and image embedding."""
-        out = []
-        for pixels in batches:
+    def extract_normals(self, batches: Iterable[torch.Tensor], keep: Collection[int] = ()):
+        """Per normal unit (image or tile): the scorer's token sets and image embedding; and the
+        zero-shot features of the units in ``keep`` (:func:`~alfa_ad.methods.base.extract_references`)."""
+
+        def reference_pass(pixels, rows):
             g, win, feats = self._encode(pixels, self.scorer.capture)
-            tokens, image = self.scorer.tokens(feats.caps, feats.last, win), self.scorer.image(g)
-            out += [([t[i] for t in tokens], None if image is None else image[i]) for i in range(pixels.shape[0])]
-        return out
+            zero_shot = ZeroShotFeatures(g, win).select(rows) if rows else None
+            return self.scorer.tokens(feats.caps, feats.last, win), self.scorer.image(g), zero_shot
+
+        return extract_references(batches, reference_pass, keep)
 
     def set_normals(self, features, coreset: int | None = None, seed: int = 0, owners=None) -> None:
         """Fitted references from :meth:`extract_normals` output (WinCLIP+ or residual)."""
@@ -93,7 +95,7 @@ class WinClipMethod:
                                    coreset, seed)
 
     def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
-        self.set_normals(self.extract_normals(batches), coreset, seed)
+        self.set_normals(self.extract_normals(batches)[0], coreset, seed)
 
     def clear_normals(self) -> None:
         self.refs = None
@@ -126,11 +128,16 @@ class WinClipMethod:
         return harmonic_mean(torch.stack(per_scale), dim=0), global_scores
 
     @torch.inference_mode()
+    def zero_shot_scores(self, features: ZeroShotFeatures, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-shot map ``(B, P)`` and class-token score ``(B,)`` of zero-shot features."""
+        patch_map, global_scores = self._zero_shot(features.g, features.local, text)
+        return patch_map.flatten(1), global_scores
+
+    @torch.inference_mode()
     def zero_shot_parts(self, pixels: torch.Tensor, text: torch.Tensor):
         """Zero-shot map ``(B, P)`` and class-token score ``(B,)``."""
         g, windows, _ = self._encode(pixels)
-        patch_map, global_scores = self._zero_shot(g, windows, text)
-        return patch_map.flatten(1), global_scores
+        return self.zero_shot_scores(ZeroShotFeatures(g, windows), text)
 
     def finish(self, patch_map: torch.Tensor, normalized: bool) -> torch.Tensor:
         maps = upsample(patch_map, self.backbone.image_size)
