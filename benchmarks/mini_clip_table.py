@@ -52,12 +52,14 @@ from alfa_ad.outputs.record import RunOptions, build_record  # noqa: E402
 from alfa_ad.outputs.tables import mean_over  # noqa: E402
 from alfa_ad.prompting import AlfaTemplateSource  # noqa: E402
 from alfa_ad.prompting.library import LLMPromptSource, load_library  # noqa: E402
+from alfa_ad.registry import DEFAULT_ALIGNER  # noqa: E402
 from alfa_ad.runner import run_dataset  # noqa: E402
 from tools.mini_clip.mvtec import write_benchmark  # noqa: E402
 from tools.mini_clip.vocab import HELD_OUT, OBJECTS  # noqa: E402
 
-# ALFA's aligner: last-block value windows compared with the text embeddings carried into
-# value space by the rank-one transfer ("rank1"), or compared with them as they are ("none")
+# ALFA's aligner (``aligner_impl``: masked (default), value or dense windows) and how the text
+# meets its window embeddings: carried into the local space by the rank-one transfer
+# ("rank1"), or compared as they are ("none")
 RANK1, NO_PROJ = "windows + rank-1 text transfer", "windows, text as is"
 ALIGNERS = {RANK1: "rank1", NO_PROJ: "none"}
 
@@ -69,6 +71,8 @@ CONFIGS: list[dict] = [
     {"name": "raw patch tokens vs text", "method": "patch_tokens", "aligner": "none"},
     {"name": "ALFA", "method": "alfa", "aligner": RANK1},
     {"name": "ALFA, aligner without text transfer", "method": "alfa", "aligner": NO_PROJ},
+    {"name": "ALFA, value aligner", "method": "alfa", "aligner": RANK1, "aligner_impl": "value"},
+    {"name": "ALFA, dense aligner", "method": "alfa", "aligner": RANK1, "aligner_impl": "dense"},
     {"name": "ALFA, contextual scoring off", "method": "alfa", "aligner": RANK1, "contextual": False},
     {"name": "WinCLIP", "method": "winclip", "aligner": "winclip windows"},
     {"name": "ALFA, templates (LLM classes)", "method": "alfa", "aligner": RANK1, "classes": "llm"},
@@ -117,6 +121,7 @@ def make_detector(backbone, cfg: dict) -> tuple[Detector | None, str]:
     if method == "alfa":
         if cfg["aligner"] in ALIGNERS:
             options["text_projection"] = ALIGNERS[cfg["aligner"]]
+            options["aligner"] = cfg.get("aligner_impl", DEFAULT_ALIGNER)
         if not cfg.get("text", True):
             options["use_text"] = False
         if not cfg.get("contextual", True) and supports_option("alfa", "contextual"):
@@ -141,7 +146,9 @@ def unseen_combo_auroc(rows: list[dict]) -> float | None:
 
 
 def run_config(backbone, cfg: dict, data: Path, out: Path, classes: list[str], seeds) -> dict:
-    row = {"name": cfg["name"], "method": cfg["method"], "aligner": cfg["aligner"],
+    aligner = f"{cfg.get('aligner_impl', DEFAULT_ALIGNER)} {cfg['aligner']}" if cfg["aligner"] in ALIGNERS \
+        else cfg["aligner"]
+    row = {"name": cfg["name"], "method": cfg["method"], "aligner": aligner,
            "prompts": "templates + LLM" if cfg.get("llm") else ("WinCLIP ensemble" if cfg["method"] == "winclip"
                                                                  else "ALFA templates"),
            "contextual": "" if cfg["method"] == "winclip" else ("on" if cfg.get("contextual", True) else "off"),

@@ -1,20 +1,23 @@
 """Train the mini-CLIP contrastively on procedural scenes (CPU; docs/mini_clip.md).
 
-The shipped weights come from three stages, each starting from the previous one's
-output (docs/mini_clip.md has the times)::
+The shipped weights come from three stages, from scratch, each later one starting
+from the previous one's output (docs/mini_clip.md has the times; the logs are in
+docs/mini_clip_training.log)::
 
-    python -m tools.mini_clip.train --seed 0 --steps 450 --stop-after 150 --batch 128 --variants 4 \
-        --pool 1200 --lr 2e-3 --warmup 40 --eval-every 150 --monitor 192 --state-mix 0.4,0.75,0.5,0.25 \
+    python -m tools.mini_clip.train --seed 4 --steps 2500 --batch 128 --variants 2 --pool 6000 \
+        --lr 2e-3 --warmup 100 --eval-every 250 --monitor 192 --state-mix 0,0.6,0.3,0.4 \
         --out runs/mini_clip/stage1.safetensors
-    python -m tools.mini_clip.train --seed 1 --init runs/mini_clip/stage1.safetensors --steps 350 \
-        --stop-after 175 --batch 126 --variants 7 --pool 800 --lr 1.5e-3 --warmup 20 --eval-every 175 \
-        --monitor 192 --out runs/mini_clip/stage2.safetensors
-    python -m tools.mini_clip.train --seed 2 --init runs/mini_clip/stage2.safetensors --steps 600 \
-        --batch 28 --variants 7 --pool 400 --lr 1e-3 --warmup 20 --eval-every 200 --monitor 192 \
-        --out alfa_ad/model/shipped/mini_clip.safetensors
+    python -m tools.mini_clip.train --seed 5 --init runs/mini_clip/stage1.safetensors --steps 4000 \
+        --stop-after 1000 --batch 128 --variants 2 --pool 6000 --lr 1.5e-3 --warmup 50 --eval-every 500 \
+        --monitor 192 --state-mix 0,0.6,0.3,0.4 --out runs/mini_clip/stage2.safetensors
+    python -m tools.mini_clip.train --seed 6 --init runs/mini_clip/stage2.safetensors --steps 1000 \
+        --batch 128 --variants 2 --pool 6000 --lr 1e-3 --warmup 20 --eval-every 500 --monitor 192 \
+        --state-mix 0,0.6,0.3,0.4 --out runs/mini_clip/stage3.safetensors
+    cp runs/mini_clip/stage3.safetensors alfa_ad/model/shipped/mini_clip.safetensors
 
-Stages 1 and 2 mostly teach scenes (many scenes per batch); stage 3's batches hold
-4 scenes, each intact and with 6 defects, so the loss is mostly about defects.
+Every batch holds 64 scenes, each rendered intact and with one defect, and every
+caption states the part's condition (``--state-mix``), so half of what the loss can
+learn within a batch is "this part is damaged".
 
 First ``--pool`` training scenes (stream ``TRAIN_STREAM``, keys ``[seed, index]``) are
 rendered once, each ``--variants`` times: intact and with different defects allowed
