@@ -13,7 +13,7 @@ from .. import __version__
 from ..io.datasets import discover
 from ..io.images import InputError
 from ..model.names import DEFAULT_PRETRAINED
-from .common import _print_table, app, console, fail, say
+from .common import _print_table, WEIGHTS_HELP, app, console, fail, say
 from .run_support import build_detector, check_device, check_out, name_map
 
 
@@ -28,7 +28,7 @@ def ablate(
     model: Optional[str] = typer.Option(None, "--model", help="open_clip model name."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
-    weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test) or planted (test model)."),
+    weights: str = typer.Option("pretrained", "--weights", help=WEIGHTS_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),

@@ -7,6 +7,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+WEIGHTS_HELP = ("pretrained, random (smoke test), planted (test model) or mini (mini-CLIP trained here, "
+                "not a real CLIP).")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Training-free visual anomaly detection (ALFA, WinCLIP).")
 console = Console(stderr=True)

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .common import app, fail, say
+from .common import WEIGHTS_HELP, app, fail, say
 
 
 @app.command("explain")
@@ -31,7 +31,7 @@ def explain(
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="open_clip model name."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file for --model."),
-    weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test), planted (test model) or mini (mini-CLIP trained here, not a real CLIP)."),
+    weights: str = typer.Option("pretrained", "--weights", help=WEIGHTS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: CUDA when present)."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds per VLM request."),
     retries: int = typer.Option(4, "--retries", help="Retries after the first try (errors and malformed verdicts)."),

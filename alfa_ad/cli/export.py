@@ -9,7 +9,7 @@ import typer
 
 from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..registry import ALIGNERS, DEFAULT_ALIGNER
-from .common import app, fail, say
+from .common import WEIGHTS_HELP, app, fail, say
 from .run_support import build_detector
 
 
@@ -25,7 +25,7 @@ def export(
     model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model name (default {DEFAULT_MODEL})."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
-    weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test) or planted."),
+    weights: str = typer.Option("pretrained", "--weights", help=WEIGHTS_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
     scales: str = typer.Option("2,3", "--scales", help="Window sizes in patches."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..io.images import InputError
 from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .common import app, console, fail, say
+from .common import WEIGHTS_HELP, app, console, fail, say
 from .run_support import check_device, choose_references, discover_data, name_map, reference_pools
 
 
@@ -49,7 +49,7 @@ def learn_prompts_cmd(
     model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model name (default {DEFAULT_MODEL})."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
-    weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test) or planted (test model)."),
+    weights: str = typer.Option("pretrained", "--weights", help=WEIGHTS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice; 1 on a "
                                           "busy machine: the steps are small and threads then mostly wait)."),

@@ -14,7 +14,7 @@ from ..outputs.record import RunOptions, build_record
 from ..outputs.tables import aggregate_seeds, write_seed_summary
 from ..outputs.writers import clear_previous, previous_outputs
 from ..registry import ALIGNERS, BACKENDS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, ENGINES, FEW_SHOT_SCORERS
-from .common import _parse_ints, _print_table, app, fail, say
+from .common import _parse_ints, _print_table, WEIGHTS_HELP, app, fail, say
 from .run_support import (build_detector, build_engine, check_device, check_out, discover_data, few_shot_prepare,
                           name_map, reference_pools, run_with_progress, write_html_report)
 
@@ -60,7 +60,7 @@ def run(
                                         "one a --checkpoint's manifest names)."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
-    weights: str = typer.Option("pretrained", "--weights", help="pretrained, random (smoke test), planted (test model) or mini (mini-CLIP trained here, not a real CLIP)."),
+    weights: str = typer.Option("pretrained", "--weights", help=WEIGHTS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     scales: str = typer.Option("2,3", "--scales", help="Window sizes in patches."),
     tile: str = typer.Option("auto", "--tile", help="auto, none or a tile side in pixels: score large or elongated "

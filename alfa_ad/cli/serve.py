@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from .common import app, fail, say
+from .common import WEIGHTS_HELP, app, fail, say
 from .run_support import check_device
 
 _SERVE_HELP = 'needs the serve extra: pip install "alfa-ad[serve]"'
@@ -46,7 +46,7 @@ def serve(
     model: Optional[str] = typer.Option(None, "--model", help="open_clip model name."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file for --model."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="pretrained, random (smoke test) or planted (test model)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default 2,3)."),
     tile: Optional[str] = typer.Option(None, "--tile", help="auto, none or a tile side in pixels (as for run; each tile "
