@@ -159,8 +159,8 @@ class ReferenceFitting:
         if loo.features is not None:
             text = self._text_state(class_name)
             parts = []
-            for start in range(0, len(loo.features), self.batch_size):
-                rows = range(start, min(start + self.batch_size, len(loo.features)))
+            for start in range(0, loo.features.count, self.batch_size):
+                rows = range(start, min(start + self.batch_size, loo.features.count))
                 parts.append(self.method.zero_shot_scores(loo.features.select(rows).to(self.backbone.device), text))
             language = torch.cat([p[0] for p in parts]).cpu()
             global_ = torch.cat([p[1] for p in parts]).cpu()

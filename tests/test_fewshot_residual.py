@@ -261,7 +261,7 @@ def test_calibration_runs_no_model_per_reference(planted_backbone, monkeypatch):
     monkeypatch.undo()
     # nothing but the coreset, leave-one-out results and <= 16 references' zero-shot features is kept
     assert not hasattr(det, "_normal_features") and not hasattr(det, "_loo_images")
-    assert len(det._loo.chosen) == 5 and len(det._loo.features) == 5
+    assert len(det._loo.chosen) == 5 and det._loo.features.count == 5
     assert all(not isinstance(v, Image.Image) for v in vars(det).values())
     many = Detector(planted_backbone, cache_dir=None)
     many.fit_normals(_clean(20, seed=800, size=(64, 64)), coreset=100)

@@ -61,7 +61,9 @@ class ZeroShotFeatures(NamedTuple):
     def to(self, device) -> "ZeroShotFeatures":
         return ZeroShotFeatures(self.g.to(device), [w.to(device) for w in self.local])
 
-    def __len__(self) -> int:  # type: ignore[override]
+    @property
+    def count(self) -> int:
+        """How many images (or tiles) these are the features of."""
         return self.g.shape[0]
 
     @staticmethod
