@@ -202,8 +202,10 @@ class Detector(ReferenceFitting):
         return groups, units
 
     def _unit_batches(self, images: Sequence[Image.Image], units: list[tuple[int, Any]]):
-        """Model inputs for ``units``, ``batch_size`` at a time."""
+        """Model inputs for ``units``, ``batch_size`` at a time.  An image's pixel tensor is
+        kept only until its last unit (tile) has been batched."""
         tensors: dict[int, torch.Tensor] = {}
+        last = {i: k for k, (i, _) in enumerate(units)}
         bb = self.backbone
         for start in range(0, len(units), self.batch_size):
             crops = []
@@ -211,6 +213,8 @@ class Detector(ReferenceFitting):
                 if i not in tensors:
                     tensors[i] = image_to_tensor(images[i])
                 crops.append(crop(tensors[i], box))
+            for i in [i for i in tensors if last[i] < start + self.batch_size]:
+                del tensors[i]
             yield resize_to_model(crops, bb.image_size, bb.mean, bb.std, bb.device, bb.dtype)
 
     # ------------------------------------------------------------ scoring

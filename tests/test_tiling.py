@@ -108,3 +108,33 @@ def test_tiled_few_shot_references_and_scores(planted_backbone):
     auroc, on_spot = _localizes(det, img, mask)
     assert on_spot and auroc >= 0.95
     assert det(clean, "widget").score < 1e-5
+
+
+def test_unit_batches_free_each_image_after_its_last_tile(planted_backbone, monkeypatch):
+    """Batches of many references or test images hold only the pixel tensors of the images
+    in the batch being scored (a long fit used to keep every decoded reference until the end)."""
+    import weakref
+
+    import alfa_ad.detector as detector_module
+
+    made = []
+    original = detector_module.image_to_tensor
+
+    def recording(image):
+        t = original(image)
+        made.append(weakref.ref(t))
+        return t
+
+    monkeypatch.setattr(detector_module, "image_to_tensor", recording)
+    det = Detector(planted_backbone, cache_dir=None, batch_size=2, tile="240")
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((240, 240, 3), 100 + i, np.uint8)) for i in range(3)]
+    images.insert(1, Image.fromarray(np.full((240, 600, 3), 50, np.uint8)))  # 3+ tiles, spans batches
+    groups, units = det._units(images)
+    assert len(groups[1]) >= 3
+    for b, _ in enumerate(det._unit_batches(images, units)):
+        in_batch = {i for i, _ in units[b * 2 : b * 2 + 2]}
+        alive = {k for k, ref in enumerate(made) if ref() is not None}
+        assert alive <= in_batch, (b, alive, in_batch)
+    assert len(made) == len(images)  # each image decoded once, even when its tiles span batches
