@@ -23,7 +23,7 @@ from .model.text_cache import TextEmbeddingCache
 from .prompting import AlfaTemplateSource, PromptSet, PromptSource, WinClipEnsembleSource, combine
 from .prompting.library import LLMPromptSource, load_library
 from .prompting.templates import WINCLIP_TEMPLATES, WINCLIP_TEMPLATES_ANOMALIB
-from .reference_fitting import BANK_CACHE_SIZE, ReferenceFitting, content_key
+from .reference_fitting import BANK_CACHE_SIZE, LEAVE_ONE_OUT_REFERENCES, ReferenceFitting, content_key
 from .registry import METHODS
 from .results import Descriptor, DetectionResult, Thresholds
 from .scoring.masks import defect_mask
@@ -328,7 +328,8 @@ def detect(image: Any, class_name: str = "object", normals: Sequence[Any] | None
     except TypeError:
         detector = Detector(**options)
     if normals:  # raw fusion without calibration needs no leave-one-out references
-        detector.fit_normals(normals, max_leave_one_out=0 if detector.config.fusion == "raw" else 16)
+        keep = 0 if detector.config.fusion == "raw" else LEAVE_ONE_OUT_REFERENCES
+        detector.fit_normals(normals, max_leave_one_out=keep)
     else:
         detector.clear_normals()
     return detector(image, class_name)

@@ -14,7 +14,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -26,9 +26,11 @@ from .methods.base import ZeroShotFeatures
 from .results import Thresholds
 from .scoring.fusion import fuse, reference_stats
 
-__all__ = ["BANK_CACHE_SIZE", "LeaveOneOutReferences", "ReferenceFitting", "content_key"]
+__all__ = ["BANK_CACHE_SIZE", "LEAVE_ONE_OUT_REFERENCES", "LeaveOneOutReferences", "ReferenceFitting", "ReferenceParts",
+           "content_key"]
 
 BANK_CACHE_SIZE = 4  # fitted memory banks a Detector remembers (keyed by the references' content)
+LEAVE_ONE_OUT_REFERENCES = 16  # references whose zero-shot features a fit keeps for calibration
 
 
 def content_key(images: Sequence[Any], extra: str = "") -> str:
@@ -76,6 +78,15 @@ class LeaveOneOutReferences:
         return 0 if f is None else sum(t.numel() * t.element_size() for t in [f.g, *f.local])
 
 
+class ReferenceParts(NamedTuple):
+    """The leave-one-out references' zero-shot parts for one class (rows as in
+    :attr:`LeaveOneOutReferences.units`) and normalized fusion's statistics (None: raw)."""
+
+    language: torch.Tensor | None  # (U, P) language maps
+    global_scores: torch.Tensor | None  # (U,) class-token scores
+    stats: Any
+
+
 class ReferenceFitting:
     """Few-shot methods of :class:`~alfa_ad.detector.Detector` (see the module docstring)."""
 
@@ -85,12 +96,12 @@ class ReferenceFitting:
         self.normals: list[str] = []  # one label per fitted reference (features are kept, not images)
         self._normal_groups: list[list[int]] = []  # per reference image: its units (tiles) in the features
         self._loo = LeaveOneOutReferences()  # the <= 16 references calibration scores, as features
-        self._class_parts: dict[str, Any] = {}  # class -> references' zero-shot parts and fusion statistics
+        self._class_parts: dict[str, ReferenceParts] = {}  # class -> references' zero-shot parts, fusion statistics
         self._fit_options: dict[str, Any] = {}
         self._banks: OrderedDict[str, tuple] = OrderedDict()  # content key -> a fit, the last BANK_CACHE_SIZE
 
     def fit_normals(self, images: Sequence[Any], *, coreset: int | None = None, seed: int = 0,
-                    max_leave_one_out: int = 16) -> list[str]:
+                    max_leave_one_out: int = LEAVE_ONE_OUT_REFERENCES) -> list[str]:
         """Fit the few-shot scorer on normal reference images; returns warnings.
 
         Raises ``ImageLoadError`` naming a corrupt reference and ``ValueError`` when
@@ -147,7 +158,7 @@ class ReferenceFitting:
         self._loo = LeaveOneOutReferences()
         self.thresholds = None
 
-    def _reference_parts(self, class_name: str) -> dict[str, Any]:
+    def _reference_parts(self, class_name: str) -> "ReferenceParts":
         """The leave-one-out references' zero-shot parts for ``class_name`` (their kept
         features against the class's prompts, once per class; no model run) and the fusion
         statistics (None: raw fusion)."""
@@ -164,20 +175,17 @@ class ReferenceFitting:
                 parts.append(self.method.zero_shot_scores(loo.features.select(rows).to(self.backbone.device), text))
             language = torch.cat([p[0] for p in parts]).cpu()
             global_ = torch.cat([p[1] for p in parts]).cpu()
-        subset = list(loo.units)
         stats = None
-        if self.config.fusion == "normalized" and refs is not None and refs.loo_visual is not None and subset:
-            stats = reference_stats(refs.loo_visual, refs.loo_image, language, global_, subset,
+        if self.config.fusion == "normalized" and refs is not None and refs.loo_visual is not None and loo.units:
+            stats = reference_stats(refs.loo_visual, refs.loo_image, language, global_, list(loo.units),
                                     getattr(self.method, "peak_of_visual", False))
-        out = {"chosen": list(loo.chosen), "groups": [list(g) for g in loo.groups], "subset": subset,
-               "language": language, "global": global_, "stats": stats}
-        self._class_parts[class_name] = out
-        return out
+        self._class_parts[class_name] = ReferenceParts(language, global_, stats)
+        return self._class_parts[class_name]
 
     def _fusion_stats(self, class_name: str):
         if self.config.fusion != "normalized" or self.method.export_bank() is None or len(self.normals) < 2:
             return None
-        return self._reference_parts(class_name)["stats"]
+        return self._reference_parts(class_name).stats
 
     def fusion_statistics(self, class_name: str = "object") -> dict[str, Any] | None:
         """The reference statistics normalized fusion uses for ``class_name`` (None: raw fusion)."""
@@ -185,7 +193,7 @@ class ReferenceFitting:
         return None if stats is None else stats.as_dict()
 
     def calibrate(self, images: Sequence[Any] | None = None, class_name: str = "object", fpr: float = 0.01,
-                  max_leave_one_out: int = 16) -> Thresholds:
+                  max_leave_one_out: int = LEAVE_ONE_OUT_REFERENCES) -> Thresholds:
         """Set image and pixel thresholds at false-positive rate ``fpr`` from normal images.
 
         ``images``: extra normal images scored as they are.  ``None``: leave-one-out over
@@ -221,17 +229,17 @@ class ReferenceFitting:
         A tiled reference takes its highest tile score and tile-map maximum."""
         parts = self._reference_parts(class_name)
         refs = self.method.export_bank()
-        subset = parts["subset"]
+        subset = list(self._loo.units)
         visual = refs.loo_visual[subset]
         image = None if refs.loo_image is None else refs.loo_image[subset]
-        stats = parts["stats"] if self.config.fusion == "normalized" else None
-        patch, unit_scores, normalized = fuse(parts["language"], parts["global"], visual, image, stats,
+        patch, unit_scores, normalized = fuse(parts.language, parts.global_scores, visual, image, parts.stats,
                                               getattr(self.method, "peak_of_visual", False))
         with torch.inference_mode():
             maps = self.method.finish(patch.view(-1, *self.backbone.grid).to(self.backbone.device), normalized)
         maps = maps.float().cpu()
         scores, maxima = [], []
-        for (width, height), g in zip(self._loo.sizes[:limit], parts["groups"][:limit]):
+        for (width, height), group in zip(self._loo.sizes[:limit], self._loo.groups[:limit]):
+            g = list(group)  # a list: a tuple would index several dimensions
             scores.append(float(unit_scores[g].max()))
             if len(g) == 1:  # as predict: the map resized to the image, then its maximum
                 full = F.interpolate(maps[g[0]][None, None], size=(height, width), mode="bilinear",

@@ -217,7 +217,7 @@ def test_leave_one_out_equals_refitting_without_each_reference(planted_backbone,
     det = Detector(planted_backbone, cache_dir=None, few_shot_scorer=scorer, fusion="raw")
     det.fit_normals(refs)
     scores, maxima = det._leave_one_out("widget", 16)
-    order = list(det._reference_parts("widget")["chosen"])
+    order = list(det._loo.chosen)
     for k, i in enumerate(order):
         slow = Detector(planted_backbone, cache_dir=None, few_shot_scorer=scorer, fusion="raw")
         slow.fit_normals([r for j, r in enumerate(refs) if j != i])
@@ -232,8 +232,8 @@ def test_calibration_runs_no_model_per_reference(planted_backbone, monkeypatch):
     forward pass); calibration scores them against each class's prompts and runs no model."""
     det = Detector(planted_backbone, cache_dir=None, few_shot_scorer="residual")
     det.fit_normals(_clean(5, seed=700))
-    calls = {"call": 0, "zero": 0, "encode": 0}
-    call, zero = AlfaMethod.__call__, AlfaMethod.zero_shot_parts
+    calls = {"call": 0, "encode": 0}
+    call = AlfaMethod.__call__
     import alfa_ad.methods.alfa as alfa_module
 
     encode = alfa_module.encode
@@ -246,18 +246,13 @@ def test_calibration_runs_no_model_per_reference(planted_backbone, monkeypatch):
         calls["call"] += 1
         return call(self, *a, **k)
 
-    def counting_zero(self, *a, **k):
-        calls["zero"] += 1
-        return zero(self, *a, **k)
-
     monkeypatch.setattr(AlfaMethod, "__call__", counting_call)
-    monkeypatch.setattr(AlfaMethod, "zero_shot_parts", counting_zero)
     monkeypatch.setattr(alfa_module, "encode", counting_encode)
     monkeypatch.setattr(planted_backbone, "tokens", lambda *a: pytest.fail("the model ran during calibration"))
     th = det.calibrate(class_name="widget")
     assert th.n_images == 5 and 0 < th.image < 1 and 0 < th.pixel <= 1
     det.calibrate(class_name="gadget", fpr=0.2)  # another class: its prompts, the same kept features
-    assert calls == {"call": 0, "zero": 0, "encode": 0}
+    assert calls == {"call": 0, "encode": 0}
     monkeypatch.undo()
     # nothing but the coreset, leave-one-out results and <= 16 references' zero-shot features is kept
     assert not hasattr(det, "_normal_features") and not hasattr(det, "_loo_images")

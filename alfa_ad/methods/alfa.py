@@ -142,12 +142,6 @@ class AlfaMethod:
         ad = self.head.adapt(features.g, *text)
         return self.head.language_map(features.g, features.local, ad.classes).flatten(1), ad.global_scores
 
-    @torch.inference_mode()
-    def zero_shot_parts(self, pixels: torch.Tensor, text) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Language map ``(B, P)`` and class-token score ``(B,)`` (None, None without text)."""
-        features = self.zero_shot_features(self.head.encode(pixels))
-        return (None, None) if features is None else self.zero_shot_scores(features, text)
-
     def finish(self, patch_map: torch.Tensor, normalized: bool) -> torch.Tensor:
         """``(B, gh, gw)`` -> maps at model resolution (both fusions are linear: no special case)."""
         maps = self.head.finish(patch_map)

@@ -133,12 +133,6 @@ class WinClipMethod:
         patch_map, global_scores = self._zero_shot(features.g, features.local, text)
         return patch_map.flatten(1), global_scores
 
-    @torch.inference_mode()
-    def zero_shot_parts(self, pixels: torch.Tensor, text: torch.Tensor):
-        """Zero-shot map ``(B, P)`` and class-token score ``(B,)``."""
-        g, windows, _ = self._encode(pixels)
-        return self.zero_shot_scores(ZeroShotFeatures(g, windows), text)
-
     def finish(self, patch_map: torch.Tensor, normalized: bool) -> torch.Tensor:
         maps = upsample(patch_map, self.backbone.image_size)
         return maps
