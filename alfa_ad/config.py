@@ -13,6 +13,19 @@ from .model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .registry import ALIGNERS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, FEW_SHOT_SCORERS, METHODS
 
 
+def parse_batch_size(value: int | str) -> int | str:
+    """An integer >= 1 or ``"auto"`` (batch size chosen by memory); a one-line error otherwise."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"batch_size must be an integer >= 1 or auto, got {value!r}") from None
+    if size < 1 or (isinstance(value, float) and value != size):
+        raise ValueError(f"batch_size must be an integer >= 1 or auto, got {value!r}")
+    return size
+
+
 @dataclass
 class DetectorConfig:
     """Every option that changes what a :class:`~alfa_ad.Detector` computes.
@@ -34,7 +47,7 @@ class DetectorConfig:
     prompts: str | None = None
     llm_prompts: bool = True
     learned: str | None = None  # learned / imported prompt-embedding file (prompting/learned.py)
-    batch_size: int = 8
+    batch_size: int | str = 8  # or "auto": chosen by memory (alfa_ad/model/batch_memory.py)
     options: dict[str, Any] = field(default_factory=dict)
     few_shot_scorer: str = DEFAULT_FEW_SHOT_SCORER  # how queries meet the references (issue 17)
     fusion: str = "raw"  # zero-shot + few-shot fusion: "raw" (0.1) or "normalized" (reference statistics)
@@ -47,8 +60,7 @@ class DetectorConfig:
             raise ValueError(f"fusion must be normalized or raw, got {self.fusion!r}")
         self.scales = tuple(int(s) for s in self.scales)
         self.tile = str(self.tile)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        self.batch_size = parse_batch_size(self.batch_size)
         self.options = dict(self.options)
 
     def as_dict(self) -> dict[str, Any]:

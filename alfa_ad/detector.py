@@ -17,6 +17,7 @@ from .config import DetectorConfig
 from .io.images import load_image
 from .io.paths import default_cache_dir
 from .model.backbone import ClipBackbone
+from .model.batch_memory import auto_batch_size
 from .model.factory import load_backbone
 from .model.preprocess import crop, image_to_tensor, resize_to_model
 from .model.text_cache import TextEmbeddingCache
@@ -104,6 +105,7 @@ class Detector(ReferenceFitting):
         self._text: dict[str, Any] = {}
         self._descriptors: dict[str, tuple[list[tuple[str, str, str]], torch.Tensor]] = {}
         self.backend: Any = None  # what runs the per-image model; None: the method (issue 14, use_backend)
+        self._batch_size: int | None = None  # resolved on first use (batch_size "auto")
         self.cache_dir = Path(directory) if directory else None  # exports cached on first use go here
 
     @classmethod
@@ -115,7 +117,23 @@ class Detector(ReferenceFitting):
 
     @property
     def batch_size(self) -> int:
-        return self.config.batch_size
+        """The configured batch size; with ``batch_size="auto"`` the one chosen by memory,
+        probed once before the first batch (and again after a fit: a memory bank adds to
+        each image's cost; alfa_ad/model/batch_memory.py)."""
+        if self._batch_size is None:
+            size = self.config.batch_size
+            self._batch_size = size if isinstance(size, int) else self._probe_batch_size()
+        return self._batch_size
+
+    def _probe_batch_size(self) -> int:
+        bb = self.backbone
+
+        def run(n: int) -> None:
+            pixels = torch.zeros(n, 3, *bb.image_size, device=bb.device, dtype=bb.dtype)
+            with torch.inference_mode():
+                self.method(pixels, self._text_state("object"))
+
+        return auto_batch_size(run, torch.device(bb.device))
 
     @property
     def weights_label(self) -> str:

@@ -126,6 +126,7 @@ class ReferenceFitting:
             self.normals, self._normal_groups, bank, self._loo, warnings = self._banks[key]
             self._fit_options = options
             self.method.import_bank(bank)
+            self._batch_size = None  # batch size "auto": probed again, with the bank's cost
             return list(warnings)
         pil = [load_image(im) for im in images]
         warnings = []
@@ -150,6 +151,7 @@ class ReferenceFitting:
         self._banks[key] = (self.normals, groups, self.method.export_bank(), self._loo, tuple(warnings))
         while len(self._banks) > BANK_CACHE_SIZE:
             self._banks.popitem(last=False)
+        self._batch_size = None  # batch size "auto": probed again, with the bank's cost
         return warnings
 
     def clear_normals(self) -> None:
@@ -157,6 +159,7 @@ class ReferenceFitting:
         self.normals, self._normal_groups, self._class_parts = [], [], {}
         self._loo = LeaveOneOutReferences()
         self.thresholds = None
+        self._batch_size = None
 
     def _reference_parts(self, class_name: str) -> "ReferenceParts":
         """The leave-one-out references' zero-shot parts for ``class_name`` (their kept

@@ -200,7 +200,8 @@ def test_run_rejects_bad_shots(tmp_path):
     (("--method", "bogus"), "--method must be one of alfa, winclip"),
     (("--scales", "2,x"), "--scales must be comma-separated integers"),
     (("--scales", "0"), "--scales must be integers >= 1"),
-    (("--batch-size", "0"), "--batch-size must be at least 1"),
+    (("--batch-size", "0"), "--batch-size must be an integer >= 1 or auto, got '0'"),
+    (("--batch-size", "many"), "--batch-size must be an integer >= 1 or auto, got 'many'"),
     (("--weights", "bogus"), "--weights must be one of"),
 ])
 def test_run_rejects_bad_options(tmp_path, args, fragment):

@@ -197,3 +197,33 @@ def test_multi_seed_few_shot_report(tmp_path):
     assert stats["scale"]["threshold"] == pytest.approx(stats["thresholds"]["pixel"])
     assert "calibrated threshold" in seed0
     assert load_run(out).seeds["seeds"] == [0, 1]
+
+
+def test_unlabelled_run_loads_no_metric_or_plotting_code(tmp_path):
+    """A run of one unlabelled image (the start-up case of issue 14) writes its report
+    without importing scikit-learn (metrics and curves need labels) or matplotlib (one
+    score makes no histogram): about 5 s of imports on a 2-core machine.  Five images do
+    get their histogram, drawn with matplotlib's object API (no pyplot)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (48, 48), (200, 40, 40)).save(tmp_path / "data" / "part.png")
+    code = ("import sys\nfrom alfa_ad.cli import app\ntry:\n    app(sys.argv[2:])\nexcept SystemExit as exc:\n"
+            "    print('exit', exc.code)\nprint('loaded', *(m in sys.modules for m in sys.argv[1].split(',')))\n")
+
+    def run(out: str, modules: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code, modules, "run", "--data", str(tmp_path / "data"), "--out",
+                               str(tmp_path / out), "--weights", "planted", "--no-llm", "--no-overlays"],
+                              capture_output=True, text=True, timeout=600)
+        assert "exit 0" in done.stdout, done.stdout + done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    assert run("one", "sklearn,matplotlib") == "loaded False False"
+    assert 'class="figure"' not in (tmp_path / "one" / "report.html").read_text(encoding="utf-8")
+    for i in range(1, 5):
+        Image.new("RGB", (48, 48), (40 * i, 40, 40)).save(tmp_path / "data" / f"part{i}.png")
+    assert run("five", "sklearn,matplotlib,matplotlib.pyplot") == "loaded False True False"
+    assert 'class="figure"' in (tmp_path / "five" / "report.html").read_text(encoding="utf-8")

@@ -67,7 +67,8 @@ def run(
                              "images in overlapping square tiles (auto: when squashing would distort by > 2:1 or "
                              "shrink by > 4.5x; docs/method.md)."),
     anomalib_compat: bool = typer.Option(False, "--anomalib-compat", help="WinCLIP exactly as anomalib 2.x computes it."),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    batch_size: str = typer.Option("8", "--batch-size", help="Images (or tiles) per model batch, or auto: the "
+                                   "largest that fits the device's free memory, probed once (CUDA; 8 on the CPU)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write heat-map overlays."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: images already "

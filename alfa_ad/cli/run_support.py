@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..io.datasets import Sample, train_images
 from ..io.images import InputError, iter_image_files
+from ..config import parse_batch_size
 from ..outputs.record import RunOptions
 from ..references import choose_references, few_shot_prepare as _few_shot_prepare  # noqa: F401
 from ..outputs.tables import metrics_table
@@ -43,7 +44,7 @@ def check_out(out: Path) -> None:
 
 
 def build_detector(method: str, model: Optional[str], pretrained: str, checkpoint: Optional[Path], weights: str,
-                   seed: int, device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int,
+                   seed: int, device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int | str,
                    prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False,
                    text: bool = True, tile: str = "auto", aligner: str = DEFAULT_ALIGNER,
                    few_shot_scorer: str = "bank", fusion: str = "raw",
@@ -60,8 +61,10 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         fail(f"--few-shot-scorer must be one of {', '.join(FEW_SHOT_SCORERS.names())}, got {few_shot_scorer!r}")
     if fusion not in ("normalized", "raw"):
         fail(f"--fusion must be normalized or raw, got {fusion!r}")
-    if batch_size < 1:
-        fail("--batch-size must be at least 1")
+    try:
+        batch_size = parse_batch_size(batch_size)
+    except ValueError:
+        fail(f"--batch-size must be an integer >= 1 or auto, got {batch_size!r}")
     if prompts is not None and not prompts.is_file():
         fail(f"{prompts}: prompt library not found")
     if learned is not None and not learned.is_file():

@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve
 
 from .runfiles import RunFolder, as_float, as_label
 from .thumbs import ASSETS, thumb_path, thumbnail
@@ -36,6 +35,8 @@ def operating_threshold(run: RunFolder, cls: str, labels: list[int | None], scor
         return Operating(float(th["image"]), f"calibrated threshold{f' (FPR {fpr:g})' if isinstance(fpr, float) else ''}")
     pairs = [(v, s) for v, s in zip(labels, scores) if v is not None]
     if pairs and 0 < sum(v for v, _ in pairs) < len(pairs):
+        from sklearn.metrics import precision_recall_curve  # only with labels: a 3 s import otherwise spared
+
         precision, recall, thresholds = precision_recall_curve([v for v, _ in pairs], [s for _, s in pairs])
         f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
         best = int(np.argmax(f1[:-1]))

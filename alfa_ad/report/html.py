@@ -27,6 +27,16 @@ _env = jinja2.Environment(loader=jinja2.PackageLoader("alfa_ad.report", "templat
                           autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
+MIN_HISTOGRAM_IMAGES = 5  # fewer unlabelled scores make no histogram worth drawing (or importing matplotlib for)
+
+
+def _has_a_figure(labels: list[int | None], scores: list[float], pixel: Any) -> bool:
+    """Whether a class's figure shows anything: labels (curves), pixel statistics, or
+    enough scores for a histogram."""
+    return bool(scores) and (any(v is not None for v in labels) or pixel is not None
+                             or len(scores) >= MIN_HISTOGRAM_IMAGES)
+
+
 def _pct(value: Any, std: Any = None) -> str:
     v = as_float(value)
     if v is None:
@@ -113,7 +123,7 @@ def _classes(run: RunFolder) -> tuple[list[dict[str, Any]], dict[str, gallery.Op
             "name": cls, "n": len(rows), "n_anomalous": sum(v == 1 for v in labels),
             "n_normal": sum(v == 0 for v in labels),
             "figure": class_figure(labels, scores, pixel, op.threshold, op.name, run.metrics.get(cls, {}))
-            if rows else "",
+            if _has_a_figure(labels, scores, pixel) else "",
             "operating": f"{op.name}: {op.threshold:.4f}" if op.threshold is not None else "",
             "thresholds": str(th.get("description") or _text(th)) if th else "",
             "scale": str(stats.get("scale_description") or "") or
