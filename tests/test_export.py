@@ -5,6 +5,7 @@ manifest, and the errors.  Skipped when the export extra is not installed."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -171,6 +172,10 @@ def test_cli_export_then_run_gives_the_torch_scores(tmp_path):
     r = invoke("export", "--out", tmp_path / "exp", "--classes", "widget", *fast)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "exp" / "model.onnx").is_file() and (tmp_path / "exp" / "texts.npz").is_file()
+    agreement = load_manifest(tmp_path / "exp").agreement  # checked on 8 generated images by default
+    assert agreement["images"] == 8 and agreement["checked_on"] == "generated demo images"
+    assert agreement["max_score_difference"] <= FP32_TOL  # (near-tied normal scores may swap ranks at 1e-7)
+    assert "fp32 onnxruntime vs torch fp32: max |score difference|" in " ".join(r.output.split())
     rows = {}
     for backend in ("torch", "onnxruntime"):
         extra = ("--exported", tmp_path / "exp") if backend != "torch" else ()
@@ -191,3 +196,49 @@ def test_cli_export_then_run_gives_the_torch_scores(tmp_path):
                            "aligner")):
         r = invoke("run", "--data", data, "--out", tmp_path / "bad", *fast, *args)
         assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_agreement_measures_what_it_says(det, traced, pixels, tmp_path):
+    """The export check: the fp32 export agrees, and a backend that is off (scores
+    reversed, a map shifted) is reported as off (so the check can fail)."""
+    from PIL import Image
+
+    from alfa_ad.backends.agreement import check_images, measure_agreement
+    from conftest import spot_image
+
+    backend = _export(det, traced, tmp_path / "onnx", "onnx", "fp32")
+    images = [Image.fromarray(spot_image(seed=i, box=(20 + 17 * i, 30 + 29 * i, 60 + 17 * i, 90 + 29 * i))[0])
+              for i in range(5)]
+    good = measure_agreement(det, backend, images, "spots", CLASS)
+    assert good.images == 5 and good.max_score_difference <= FP32_TOL and good.max_map_difference <= FP32_TOL
+    assert good.spearman == pytest.approx(1.0)
+
+    def wrong(px, text):
+        out = backend(px, text)
+        return dataclasses.replace(out, scores=-out.scores, maps=torch.roll(out.maps, 7, dims=-1))
+
+    bad = measure_agreement(det, wrong, images, "spots", CLASS)
+    assert bad.spearman == pytest.approx(-1.0) and bad.max_score_difference > 0.1 and bad.max_map_difference > 0.01
+    generated, source = check_images(None, 6)
+    assert len(generated) == 6 and source == "generated demo images"
+    (tmp_path / "two").mkdir()
+    for i, im in enumerate(images[:2]):
+        im.save(tmp_path / "two" / f"{i}.png")
+    assert len(check_images(tmp_path / "two", 8)[0]) == 2
+
+
+def test_cli_int8_export_records_its_agreement(tmp_path):
+    runner = CliRunner()
+    (tmp_path / "normals").mkdir()
+    data = make_synthetic_dataset(tmp_path / "data", n_good=4, n_defect=0)
+    fast = ("--weights", "planted", "--no-llm")
+    r = runner.invoke(app, ["export", "--out", str(tmp_path / "q"), "--precision", "int8", "--check-data",
+                            str(data / "widget" / "test" / "good"), "--check-images", "3", *fast])
+    assert r.exit_code == 0, r.output
+    agreement = load_manifest(tmp_path / "q").agreement
+    assert agreement["images"] == 3 and agreement["checked_on"].endswith("good")
+    assert 0 < agreement["max_score_difference"] < 1  # int8 moves scores, and says by how much
+    r = runner.invoke(app, ["export", "--out", str(tmp_path / "n"), "--check-images", "0", *fast])
+    assert r.exit_code == 0 and load_manifest(tmp_path / "n").agreement is None
+    r = runner.invoke(app, ["export", "--out", str(tmp_path / "e"), "--check-data", str(tmp_path / "normals"), *fast])
+    assert r.exit_code == 2 and "no images to check the export on" in r.output

@@ -31,6 +31,10 @@ def export(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
     llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts for --classes."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
+    check_data: Optional[Path] = typer.Option(None, "--check-data", help="Folder of images (a class's normal images, "
+                                              "say) to compare the export with the torch model on; default: "
+                                              "generated demo images."),
+    check_images: int = typer.Option(8, "--check-images", help="How many images to compare on (0: no check)."),
 ) -> None:
     """Export ALFA's per-image model (image encoder + scoring head; prompt embeddings are inputs)."""
     from ..export import EXPORT_FORMATS, PRECISIONS, export_detector
@@ -41,6 +45,8 @@ def export(
         fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if out.exists() and not out.is_dir():
         fail(f"{out}: --out must be a folder, and a file has that name")
+    if check_images < 0:
+        fail("--check-images must be 0 or more")
     names = [" ".join(c.split()) for c in classes.split(",") if c.strip()] if classes else []
     detector = build_detector("alfa", model, pretrained, checkpoint, weights, seed, "cpu", scales, cache_dir, 1,
                               prompts, llm, aligner=aligner)
@@ -52,3 +58,22 @@ def export(
     size = (out / manifest.file).stat().st_size
     say(f"wrote {out / manifest.file} ({size / 2**20:.1f} MB), {out / 'manifest.json'}"
         + (f", prompt embeddings of {', '.join(names)} in {out / 'texts.npz'}" if names else ""))
+    if check_images:
+        _check(detector, out, manifest, check_data, check_images, names[0] if names else "object")
+
+
+def _check(detector, out: Path, manifest, data: Optional[Path], count: int, class_name: str) -> None:
+    """Compare the export with the torch model and record the agreement in the manifest."""
+    from ..backends import create_backend
+    from ..backends.agreement import check_images, measure_agreement
+    from ..registry import BACKENDS
+
+    backend_name = next(n for n in BACKENDS.names() if getattr(BACKENDS.get(n), "format", None) == manifest.format)
+    try:
+        images, source = check_images(data, count)
+        agreement = measure_agreement(detector, create_backend(backend_name, detector, out), images, source, class_name)
+    except ValueError as exc:  # unreadable check images included (io.images.InputError)
+        fail(f"the export was written but could not be checked: {str(exc).splitlines()[0]}")
+    manifest.agreement = agreement.as_dict()
+    manifest.write(out)
+    say(f"{manifest.precision} {backend_name} vs torch fp32: {agreement.describe()}")

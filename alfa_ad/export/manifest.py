@@ -68,6 +68,7 @@ class Manifest:
     inputs: tuple[str, ...] = INPUTS
     outputs: tuple[str, ...] = OUTPUTS
     weights_label: str = ""
+    agreement: dict[str, Any] | None = None  # vs the torch model on check images (backends/agreement.py)
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST

@@ -1,0 +1,67 @@
+"""How closely an exported backend reproduces the torch model on given images
+(``alfa-ad export`` measures it after writing a file and records it in the manifest)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+CHECK_IMAGES = 8  # images an export is checked on when none are given
+
+
+class Agreement(NamedTuple):
+    """An exported backend against the detector's own method on the same batch."""
+
+    images: int
+    max_score_difference: float
+    max_map_difference: float
+    spearman: float | None  # rank correlation of the image scores (None: fewer than 3 images or constant scores)
+    checked_on: str  # where the images came from
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+    def describe(self) -> str:
+        rho = "n/a" if self.spearman is None else f"{self.spearman:.3f}"
+        return (f"max |score difference| {self.max_score_difference:.2e}, max |map difference| "
+                f"{self.max_map_difference:.2e}, Spearman {rho} on {self.images} images ({self.checked_on})")
+
+
+def check_images(data: Path | None = None, count: int = CHECK_IMAGES) -> tuple[list[Any], str]:
+    """The first ``count`` images of the folder ``data`` (sorted), or ``count`` generated
+    demo images (textures, half with a painted spot) when no folder is given."""
+    from ..io.images import iter_image_files, load_image
+
+    if data is not None:
+        files = iter_image_files(data)[:count]
+        if not files:
+            raise ValueError(f"{data}: no images to check the export on")
+        return [load_image(f) for f in files], str(data)
+    from ..demo import make_synthetic_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_synthetic_dataset(Path(tmp), n_good=count - count // 2, n_defect=count // 2, seed=0)
+        files = sorted(p for p in root.rglob("*.png") if "ground_truth" not in p.parts)
+        return [load_image(f) for f in files], "generated demo images"
+
+
+def measure_agreement(detector, backend, images: Sequence[Any], checked_on: str,
+                      class_name: str = "object") -> Agreement:
+    """Scores and maps of ``backend`` vs ``detector.method`` on ``images`` (one batch)."""
+    from scipy.stats import spearmanr
+
+    pixels = detector.backbone.preprocess(list(images))
+    text = detector._text_state(class_name)
+    with torch.inference_mode():
+        ref = detector.method(pixels, text)
+    got = backend(pixels, text)
+    a, b = ref.scores.float().cpu().numpy(), got.scores.float().cpu().numpy()
+    rho = None
+    if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
+        rho = float(spearmanr(a, b).statistic)
+    return Agreement(len(a), float(np.abs(a - b).max()),
+                     float((ref.maps.float().cpu() - got.maps.float().cpu()).abs().max()), rho, checked_on)
