@@ -71,7 +71,8 @@ def _check(detector, out: Path, manifest, data: Optional[Path], count: int, clas
     backend_name = next(n for n in BACKENDS.names() if getattr(BACKENDS.get(n), "format", None) == manifest.format)
     try:
         images, source = check_images(data, count)
-        agreement = measure_agreement(detector, create_backend(backend_name, detector, out), images, source, class_name)
+        backend = create_backend(backend_name, detector, out)
+        agreement = measure_agreement(detector, backend, images, source, class_name)
     except ValueError as exc:  # unreadable check images included (io.images.InputError)
         fail(f"the export was written but could not be checked: {str(exc).splitlines()[0]}")
     manifest.agreement = agreement.as_dict()
