@@ -22,7 +22,6 @@ from typing import Protocol
 
 import torch
 
-AUTO = "auto"
 CPU_BATCH = 8
 MAX_AUTO_BATCH = 64
 MEMORY_FRACTION = 0.8
