@@ -6,15 +6,16 @@
     python benchmarks/throughput.py --part speed --backend onnxruntime --precision int8
 
 * ``speed``: ViT-B-16-plus-240 (random weights) over ``--images`` real test images from
-  ../shared/data, labelled and with their masks (repeated when there are fewer): images/s of the whole run
-  (``alfa-ad run``: decode -> model -> maps -> score files, overlays, metrics, report)
-  against images/s of the model step alone (``Detector.method`` on preprocessed batches
+  ../shared/data, labelled and with their masks (repeated when there are fewer): images/s
+  of the whole run (``alfa-ad run``: decode -> model -> maps -> score files, overlays,
+  metrics, report) against images/s of the model step alone (``Detector.method`` on preprocessed batches
   of the same batch size), and their ratio (target >= 0.9).  The two figures come from
   different processes at different moments; ``--accounting`` adds a run that times the
   model step where the run calls it, so both figures share the run's conditions.
 * ``memory``: peak RSS of the whole ``alfa-ad run`` process at each of ``--sizes``
   images (the same labelled files and masks repeated under distinct names, planted model
-  so that it runs in minutes; image and pixel metrics, overlays and report written), and the ratio of the largest to the smallest (target <= 1.1).
+  so that it runs in minutes; image and pixel metrics, overlays and report written), and
+  the ratio of the largest to the smallest (target <= 1.1).
 
 Every figure is printed; nothing is asserted.  Random weights: speed does not depend on
 the weight values.
