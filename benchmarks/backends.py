@@ -32,9 +32,8 @@ def main() -> None:
     ap.add_argument("--backends", default="torch,onnxruntime:fp32,openvino:fp32,onnxruntime:int8,openvino:int8")
     ap.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "alfa-ad-backends"))
     args = ap.parse_args()
-    from scipy.stats import spearmanr
-
     from alfa_ad import Detector
+    from alfa_ad.backends.agreement import compare
     from alfa_ad.export import export_detector
     from alfa_ad.export.writer import write_onnx
     from alfa_ad.backends import create_backend
@@ -50,8 +49,10 @@ def main() -> None:
         from alfa_ad.io.images import load_image
 
         pixels = det.backbone.preprocess([load_image(f) for f in files])
+        source = "real test images"
     else:
         pixels = torch.rand(args.batch_size, 3, *det.backbone.image_size)
+        source = "random pixels"
     folder = Path(args.folder) / f"{args.model}-{det.config.aligner}"
     folder.mkdir(parents=True, exist_ok=True)
     traced = folder / "traced.onnx"
@@ -82,10 +83,8 @@ def main() -> None:
             done += args.batch_size
         speed = done / (time.perf_counter() - t)
         base = base or speed
-        rho = spearmanr(ref.scores.numpy(), got.scores.numpy()).statistic
-        print(f"{name:12s} {precision}: {speed:6.2f} images/s ({speed / base:.2f}x torch), "
-              f"max |score diff| {(ref.scores - got.scores).abs().max().item():.2e}, "
-              f"max |map diff| {(ref.maps - got.maps).abs().max().item():.2e}, Spearman {rho:.3f} "
+        agreement = compare(ref, got, source)
+        print(f"{name:12s} {precision}: {speed:6.2f} images/s ({speed / base:.2f}x torch), {agreement.describe()} "
               f"({args.model}, batch {args.batch_size}, {done} images, {torch.get_num_threads()} torch threads)")
 
 

@@ -49,19 +49,23 @@ def check_images(data: Path | None = None, count: int = CHECK_IMAGES) -> tuple[l
         return [load_image(f) for f in files], "generated demo images"
 
 
+def compare(reference, got, checked_on: str) -> Agreement:
+    """The agreement of two ``BatchScores`` of the same batch (``reference``: the torch model)."""
+    a, b = reference.scores.float().cpu().numpy(), got.scores.float().cpu().numpy()
+    rho = None
+    if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
+        from scipy.stats import spearmanr
+
+        rho = float(spearmanr(a, b).statistic)
+    return Agreement(len(a), float(np.abs(a - b).max()),
+                     float((reference.maps.float().cpu() - got.maps.float().cpu()).abs().max()), rho, checked_on)
+
+
 def measure_agreement(detector, backend, images: Sequence[Any], checked_on: str,
                       class_name: str = "object") -> Agreement:
     """Scores and maps of ``backend`` vs ``detector.method`` on ``images`` (one batch)."""
-    from scipy.stats import spearmanr
-
     pixels = detector.backbone.preprocess(list(images))
     text = detector._text_state(class_name)
     with torch.inference_mode():
-        ref = detector.method(pixels, text)
-    got = backend(pixels, text)
-    a, b = ref.scores.float().cpu().numpy(), got.scores.float().cpu().numpy()
-    rho = None
-    if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
-        rho = float(spearmanr(a, b).statistic)
-    return Agreement(len(a), float(np.abs(a - b).max()),
-                     float((ref.maps.float().cpu() - got.maps.float().cpu()).abs().max()), rho, checked_on)
+        reference = detector.method(pixels, text)
+    return compare(reference, backend(pixels, text), checked_on)
