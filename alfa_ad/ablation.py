@@ -27,7 +27,9 @@ from .aligners import build_aligner
 from .detector import Detector
 from .io.datasets import Sample
 from .io.images import ImageLoadError, load_image
+from .methods.alfa import DEFAULT_SCALES
 from .methods.alfa_head import AlfaHead
+from .scoring.placement import DEFAULT_PLACEMENT
 from .outputs.tables import METRICS, mean_over
 from .runner import ClassEval, _eval_resize, _mask_for
 from .scoring.windows import harmonic_mean
@@ -42,37 +44,49 @@ class AblationConfig:
 
     name: str
     sources: tuple[str, ...] = (TEMPLATES, LLM)
-    contextual: bool = True
+    contextual: str = DEFAULT_PLACEMENT  # where eq. (4) applies (scoring/placement.py)
     aligner: str = "masked"
-    scales: tuple[int, ...] = (2, 3)
+    scales: tuple[int, ...] = DEFAULT_SCALES
     text_projection: str = "none"
+    global_in_map: bool = True  # the image-level score as one more term of the map's harmonic mean
 
     def describe(self) -> dict[str, str]:
         return {"configuration": self.name, "prompt sources": " + ".join(self.sources),
-                "S_c": "on" if self.contextual else "off", "aligner": self.aligner,
+                "S_c": self.contextual, "aligner": self.aligner, "global in map": "yes" if self.global_in_map else "no",
                 "scales": ",".join(map(str, self.scales)), "text projection": self.text_projection}
 
 
-FULL = AblationConfig("full model")
+FULL = AblationConfig("alfa-ad default", (TEMPLATES,))
+PAPER = AblationConfig("paper preset (S_c everywhere, scales 2,3, rank-1, no image score in the map)",
+                       (TEMPLATES, LLM), "all", "masked", (2, 3), "rank1", False)
 
-# The grid: Table 2 (prompt sources x contextual scoring x aligner on/off), the aligners,
-# Table 6 (scales), the text projection, and learned prompts when a class has them.
+# The grid: Table 2 (prompt sources x contextual scoring x aligner on/off, S_c as the paper
+# places it: "all"), the default and one change at a time from it (eq. 4 placement, LLM
+# prompts, aligners, scales, text projection, the image score in the map), the paper
+# preset, and learned prompts when a class has them.
 GRID: tuple[AblationConfig, ...] = (
-    AblationConfig("templates", (TEMPLATES,), False, "none"),
-    AblationConfig("templates + S_c", (TEMPLATES,), True, "none"),
-    AblationConfig("templates + LLM", (TEMPLATES, LLM), False, "none"),
-    AblationConfig("templates + LLM + S_c", (TEMPLATES, LLM), True, "none"),
-    AblationConfig("templates + aligner", (TEMPLATES,), False, "masked"),
-    AblationConfig("templates + S_c + aligner", (TEMPLATES,), True, "masked"),
-    AblationConfig("templates + LLM + aligner", (TEMPLATES, LLM), False, "masked"),
+    AblationConfig("templates", (TEMPLATES,), "off", "none"),
+    AblationConfig("templates + S_c", (TEMPLATES,), "all", "none"),
+    AblationConfig("templates + LLM", (TEMPLATES, LLM), "off", "none"),
+    AblationConfig("templates + LLM + S_c", (TEMPLATES, LLM), "all", "none"),
+    AblationConfig("templates + aligner", (TEMPLATES,), "off", "masked", (2, 3), global_in_map=False),
+    AblationConfig("templates + S_c + aligner", (TEMPLATES,), "all", "masked", (2, 3), global_in_map=False),
+    AblationConfig("templates + LLM + aligner", (TEMPLATES, LLM), "off", "masked", (2, 3), global_in_map=False),
+    AblationConfig("templates + LLM + S_c + aligner", (TEMPLATES, LLM), "all", "masked", (2, 3),
+                   global_in_map=False),
     FULL,
-    AblationConfig("full, value aligner", aligner="value"),
-    AblationConfig("full, dense aligner", aligner="dense"),
-    AblationConfig("full, scales 2", scales=(2,)),
-    AblationConfig("full, scales 2,3,4", scales=(2, 3, 4)),
-    AblationConfig("full, rank-1 text projection", text_projection="rank1"),
-    AblationConfig("full, value aligner, rank-1 text projection", aligner="value", text_projection="rank1"),
-    AblationConfig("full + learned prompts", (TEMPLATES, LLM, LEARNED)),
+    AblationConfig("default, S_c global", (TEMPLATES,), "global"),
+    AblationConfig("default, S_c soft", (TEMPLATES,), "soft"),
+    AblationConfig("default, S_c all", (TEMPLATES,), "all"),
+    AblationConfig("default + LLM prompts", (TEMPLATES, LLM)),
+    AblationConfig("default, value aligner", (TEMPLATES,), aligner="value"),
+    AblationConfig("default, dense aligner", (TEMPLATES,), aligner="dense"),
+    AblationConfig("default, scales 2,3", (TEMPLATES,), scales=(2, 3)),
+    AblationConfig("default, scales 2", (TEMPLATES,), scales=(2,)),
+    AblationConfig("default, rank-1 text projection", (TEMPLATES,), text_projection="rank1"),
+    AblationConfig("default, image score not in the map", (TEMPLATES,), global_in_map=False),
+    PAPER,
+    AblationConfig("default + learned prompts", (TEMPLATES, LEARNED)),
 )
 
 
@@ -82,7 +96,7 @@ def applicable(grid: Sequence[AblationConfig], available: set[str]) -> list[Abla
     out, seen = [], set()
     for cfg in grid:
         sources = tuple(s for s in cfg.sources if s in available)
-        key = (sources, cfg.contextual, cfg.aligner, cfg.scales, cfg.text_projection)
+        key = (sources, cfg.contextual, cfg.aligner, cfg.scales, cfg.text_projection, cfg.global_in_map)
         if sources and key not in seen:
             seen.add(key)
             out.append(replace(cfg, sources=sources))
@@ -185,8 +199,10 @@ def run_ablation(detector: Detector, dataset: dict[str, list[Sample]], grid: Seq
 def _score(head: AlfaHead, feats, locals_, c: AblationConfig, text, scales) -> tuple[float, torch.Tensor]:
     ad = head.adapt(feats.g, *text, contextual=c.contextual)
     geometry = dict(zip(scales, head.geometry()))
-    maps = [head.window_map(feats.g, locals_[c.aligner, s], ad.classes, geometry[s][1], c.text_projection)
+    maps = [head.window_map(feats.g, locals_[c.aligner, s], ad.local_classes, geometry[s][1], c.text_projection)
             for s in c.scales]
+    if c.global_in_map:
+        maps.append(ad.global_scores.view(-1, 1, 1).expand_as(maps[0]))
     patch_map = harmonic_mean(torch.stack(maps), dim=0)
     return float(image_score(ad.global_scores, patch_map)[0]), head.finish(patch_map)[0]
 

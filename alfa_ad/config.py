@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from .model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .presets import preset_fields
+from .scoring.placement import parse_placement
 from .registry import ALIGNERS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, FEW_SHOT_SCORERS, METHODS
 
 
@@ -37,28 +39,38 @@ class DetectorConfig:
     method: str = "alfa"
     aligner: str = DEFAULT_ALIGNER  # local embeddings (ALFA's fine-grained aligner; WinCLIP's windows)
     model: str | None = DEFAULT_MODEL  # None: the default, or the one a checkpoint's manifest names
-    pretrained: str = DEFAULT_PRETRAINED
+    pretrained: str | None = DEFAULT_PRETRAINED  # a built detector records None unless pretrained weights loaded
     checkpoint: str | None = None
     weights: str = "pretrained"
     seed: int = 0
     device: str | None = None
-    scales: tuple[int, ...] = (2, 3)
+    scales: tuple[int, ...] | None = None  # window sizes in patches; None: the method's default
     tile: str = "auto"
     prompts: str | None = None
-    llm_prompts: bool = True
+    llm_prompts: bool = False  # ALFA: add the LLM prompt libraries (a ``prompts`` file implies it)
     learned: str | None = None  # learned / imported prompt-embedding file (prompting/learned.py)
     batch_size: int | str = 8  # or "auto": chosen by memory (alfa_ad/model/batch_memory.py)
     options: dict[str, Any] = field(default_factory=dict)
     few_shot_scorer: str = DEFAULT_FEW_SHOT_SCORER  # how queries meet the references (issue 17)
     fusion: str = "raw"  # zero-shot + few-shot fusion: "raw" (0.1) or "normalized" (reference statistics)
+    # ALFA: where eq. (4)'s prompt selection applies (global, all, soft, off; scoring/contextual.py);
+    # None: the method's default (a built detector records the one it uses)
+    contextual: str | None = None
+    preset: str | None = None  # a named configuration (alfa_ad/presets.py); it sets the fields it names
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            for name, value in preset_fields(self.preset).items():
+                setattr(self, name, {**self.options, **value} if name == "options" else value)
+        if self.contextual is not None:
+            self.contextual = parse_placement(self.contextual)
         METHODS.check(self.method)
         ALIGNERS.check(self.aligner)
         FEW_SHOT_SCORERS.check(self.few_shot_scorer)
         if self.fusion not in ("normalized", "raw"):
             raise ValueError(f"fusion must be normalized or raw, got {self.fusion!r}")
-        self.scales = tuple(int(s) for s in self.scales)
+        if self.scales is not None:
+            self.scales = tuple(int(s) for s in self.scales)
         self.tile = str(self.tile)
         self.batch_size = parse_batch_size(self.batch_size)
         self.options = dict(self.options)
@@ -66,7 +78,7 @@ class DetectorConfig:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists)."""
         out = asdict(self)
-        out["scales"] = list(self.scales)
+        out["scales"] = None if self.scales is None else list(self.scales)
         return out
 
     @classmethod

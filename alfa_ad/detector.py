@@ -19,6 +19,7 @@ from .io.paths import default_cache_dir
 from .model.backbone import ClipBackbone
 from .model.batch_memory import auto_batch_size
 from .model.factory import load_backbone
+from .model.names import DEFAULT_PRETRAINED
 from .model.preprocess import crop, image_to_tensor, resize_to_model
 from .model.text_cache import TextEmbeddingCache
 from .prompting import AlfaTemplateSource, PromptSet, PromptSource, WinClipEnsembleSource, combine
@@ -46,7 +47,7 @@ def default_sources(method: str, anomalib_compat: bool = False, prompts: str | P
     if method == "winclip":
         return [WinClipEnsembleSource(WINCLIP_TEMPLATES_ANOMALIB if anomalib_compat else WINCLIP_TEMPLATES)]
     sources: list[PromptSource] = [AlfaTemplateSource()]
-    if llm:
+    if llm or prompts:
         files = [Path(prompts)] if prompts else shipped_libraries()
         sources += [LLMPromptSource(load_library(f)) for f in files]
     return sources
@@ -87,16 +88,28 @@ class Detector(ReferenceFitting):
             sources = default_sources(config.method, bool(config.options.get("anomalib_compat")), config.prompts,
                                       config.llm_prompts)
         self.sources = list(sources)
-        self.backbone = backbone or load_backbone(config.model, config.pretrained, checkpoint=config.checkpoint,
+        self.backbone = backbone or load_backbone(config.model, config.pretrained or DEFAULT_PRETRAINED, checkpoint=config.checkpoint,
                                                   weights=config.weights, seed=config.seed, device=config.device)
-        self.config = replace(config, model=self.backbone.weights.model_name)
+        # the record names only what was used: a pretrained tag only for pretrained weights
+        info = self.backbone.weights
+        pretrained = config.pretrained if info.source == "pretrained" else None
+        self.config = replace(config, model=info.model_name, pretrained=pretrained)
+        if backbone is not None:  # a given model: the record says which weights it holds
+            if info.source in ("pretrained", "random", "planted", "mini"):
+                self.config = replace(self.config, weights=info.source)
+            elif info.source == "checkpoint" and info.file:
+                self.config = replace(self.config, checkpoint=info.file)
         if self.config.learned:  # learned / imported prompt embeddings: one more source, checked against the model
             from .prompting.learned import LearnedPromptSource
 
             self.sources.append(LearnedPromptSource.load(self.config.learned, self.backbone))
-        self.method = method_cls(self.backbone, tuple(self.config.scales), aligner=self.config.aligner,
+        placement = {} if self.config.contextual is None else {"contextual": self.config.contextual}
+        scales = {} if self.config.scales is None else {"scales": tuple(self.config.scales)}
+        self.method = method_cls(self.backbone, **scales, aligner=self.config.aligner,
                                  few_shot_scorer=self.config.few_shot_scorer, fusion=self.config.fusion,
-                                 **self.config.options)
+                                 **placement, **self.config.options)
+        # what is in use: the method's placement of eq. 4 and its scales
+        self.config = replace(self.config, contextual=self.method.contextual, scales=tuple(self.method.scales))
         directory = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.text_cache = TextEmbeddingCache(directory)
         self._init_references()  # few-shot state (alfa_ad/reference_fitting.py)

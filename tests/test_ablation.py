@@ -30,16 +30,18 @@ def test_grid_covers_the_papers_tables_and_drops_repeats():
     assert len(names) == len(GRID)
     assert {c.aligner for c in GRID} == {"none", "masked", "value", "dense"}
     assert {c.scales for c in GRID} == {(2,), (2, 3), (2, 3, 4)}
-    assert {c.text_projection for c in GRID} == {"none", "rank1"} and {c.contextual for c in GRID} == {True, False}
+    assert {c.text_projection for c in GRID} == {"none", "rank1"}
+    assert {c.contextual for c in GRID} == {"off", "global", "soft", "all"}
+    assert {c.global_in_map for c in GRID} == {True, False}
     full = applicable(GRID, {"template", "llm", "learned"})
     assert len(full) == len(GRID) and FULL in full
     # without LLM prompts the "+ LLM" rows repeat the template rows: dropped; variants of the
     # full model keep their other difference and run on templates only
     templates = applicable(GRID, {"template"})
     assert all(c.sources == ("template",) for c in templates)
-    keys = {(c.contextual, c.aligner, c.scales, c.text_projection) for c in templates}
-    assert len(keys) == len(templates) == 10
-    assert not any(c.name == "full + learned prompts" for c in applicable(GRID, {"template", "llm"}))
+    keys = {(c.contextual, c.aligner, c.scales, c.text_projection, c.global_in_map) for c in templates}
+    assert len(keys) == len(templates) == 15
+    assert not any(c.name == "default + learned prompts" for c in applicable(GRID, {"template", "llm"}))
     assert applicable([AblationConfig("x", ("llm",))], {"template"}) == []
 
 
@@ -55,7 +57,7 @@ def test_ablate_writes_one_row_per_configuration(ablation_out):
     out, result = ablation_out
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "ablation.csv", newline="")))
-    assert len(rows) == 10 and all(r["class"] == "widget" for r in rows)  # one class: no mean rows
+    assert len(rows) == 15 and all(r["class"] == "widget" for r in rows)  # one class: no mean rows
     for r in rows:
         assert all(0 <= float(r[m]) <= 1 for m in METRICS)
         assert float(r["latency_ms_per_image"]) > 0
@@ -67,11 +69,11 @@ def test_ablate_writes_one_row_per_configuration(ablation_out):
         elif key[3] == "none":
             assert float(r["pixel_auroc"]) >= 0.95, key
     # masked windows cost more than the class token alone; more scales cost more
-    assert float(by["masked", "2,3", "on", "none"]["latency_ms_per_image"]) > float(
-        by["none", "2,3", "on", "none"]["latency_ms_per_image"])
+    assert float(by["masked", "2,3", "all", "none"]["latency_ms_per_image"]) > float(
+        by["none", "2,3,4", "all", "none"]["latency_ms_per_image"])
     md = (out / "ablation.md").read_text()
-    assert md.count("\n| ") == 11 and "planted weights" in md and "ms / image" in md
-    assert "10 configurations" in result.output
+    assert md.count("\n| ") == 16 and "planted weights" in md and "ms / image" in md
+    assert "15 configurations" in result.output
 
 
 def test_ablation_row_equals_alfa_ad_run(demo_root, ablation_out, tmp_path):
@@ -79,12 +81,13 @@ def test_ablation_row_equals_alfa_ad_run(demo_root, ablation_out, tmp_path):
     out, result = ablation_out
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "ablation.csv", newline="")))
-    for aligner, scales in (("masked", "2,3"), ("dense", "2,3"), ("masked", "2,3,4")):
-        row = next(r for r in rows if r["aligner"] == aligner and r["scales"] == scales and r["S_c"] == "on"
-                   and r["text projection"] == "none")
-        run_out = tmp_path / f"run-{aligner}-{scales}"
+    for aligner, scales, placement in (("masked", "2,3,4", "off"), ("dense", "2,3,4", "off"),
+                                       ("masked", "2,3", "off"), ("masked", "2,3,4", "all")):
+        row = next(r for r in rows if r["aligner"] == aligner and r["scales"] == scales and r["S_c"] == placement
+                   and r["text projection"] == "none" and r["global in map"] == "yes")
+        run_out = tmp_path / f"run-{aligner}-{scales}-{placement}"
         result = invoke("run", "--data", demo_root, "--weights", "planted", "--tile", "none", "--aligner", aligner,
-                        "--scales", scales, "--no-overlays", "--out", run_out)
+                        "--scales", scales, "--contextual", placement, "--no-overlays", "--out", run_out)
         assert result.exit_code == 0, result.output
         metrics = json.loads((run_out / "metrics.json").read_text())["metrics"]["widget"]
         for m in METRICS:

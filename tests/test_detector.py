@@ -65,10 +65,14 @@ def _check_acceptance(det: Detector, images, masks) -> float:
     for r, m in zip(results, masks):
         if not m.any():
             continue
-        # not transposed / flipped / shifted: the map's maximum lies inside the red spot,
+        # not transposed / flipped / shifted: the map's maximum lies inside the red spot or
+        # within one patch of it (a patch at the image border is covered only by windows that
+        # reach into a spot near that border; with 4-patch windows its harmonic mean can top
+        # the spot's own by ~1e-3: measured 0.6337 vs 0.6331, 20 px off, on a 200 x 320 image),
         # and each image's own pixel AUROC is high
         peak = np.unravel_index(int(r.anomaly_map.argmax()), r.anomaly_map.shape)
-        assert m[peak], (peak, np.argwhere(m)[[0, -1]])
+        patch_px = int(np.ceil(16 * max(m.shape) / 240))  # one planted patch in image pixels
+        assert ndimage.binary_dilation(m, iterations=patch_px)[peak], (peak, np.argwhere(m)[[0, -1]])
         own = roc_auc_score(m.ravel(), r.anomaly_map.ravel())
         assert own >= 0.95
         # a vertically or horizontally flipped map would score far lower (checked where the
@@ -357,8 +361,14 @@ def test_kept_prompts_are_ordered_non_empty_subsets(det, acceptance_set):
 
 
 @torch.no_grad()
-def test_kept_prompts_follow_contextual_scores(det, acceptance_set):
-    """kept_prompts are exactly the prompts with S_c > 0 (eq. 4), or all when none is."""
+def test_kept_prompts_follow_contextual_scores(planted_backbone, acceptance_set):
+    """kept_prompts are exactly the prompts with S_c > 0 (eq. 4), or all when none is, for
+    every placement that uses eq. 4; with eq. 4 off (the default) every prompt is kept."""
+    for placement in ("all", "global", "soft", "off"):
+        _check_kept(Detector(planted_backbone, cache_dir=None, contextual=placement), acceptance_set, placement)
+
+
+def _check_kept(det, acceptance_set, placement):
     bb = det.backbone
     ps = det.prompts("widget")
     normal = F.normalize(bb.encode_text(ps.normal), dim=-1)
@@ -367,6 +377,10 @@ def test_kept_prompts_follow_contextual_scores(det, acceptance_set):
     g, _ = bb.global_embedding(bb.penultimate(bb.tokens(bb.preprocess([Image.fromarray(a) for a in images]))))
     g = F.normalize(g, dim=-1)
     kn, ka = keep_masks(*contextual_scores(g @ normal.T, g @ abnormal.T))
+    if placement == "off":
+        kn, ka = torch.ones_like(kn), torch.ones_like(ka)
+    else:
+        assert not kn.all() or not ka.all()  # the images filter some prompts: the check says something
     for i, r in enumerate(det.predict(images, "widget")):
         assert r.kept_prompts["normal"] == [p for p, k in zip(ps.normal, kn[i].tolist()) if k]
         assert r.kept_prompts["abnormal"] == [p for p, k in zip(ps.abnormal, ka[i].tolist()) if k]

@@ -104,7 +104,7 @@ def test_decode_stage_reports_unreadable_files_as_the_local_engine(data):
 
 
 def test_scorer_builds_once_from_config_and_driver_state_and_never_encodes_text(data, tmp_path):
-    det = Detector(weights="planted", batch_size=2, cache_dir=None)
+    det = Detector(weights="planted", batch_size=2, cache_dir=None, llm_prompts=True)
     det.set_prompt_class("widget", "bottle")  # LLM prompts and descriptions for --explain
     refs = sorted((data / "widget" / "test" / "good").glob("0*.png"))
     det.fit_normals(refs)

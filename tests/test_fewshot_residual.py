@@ -190,7 +190,7 @@ def test_planted_noise_language_part_normalized_vs_raw(planted_backbone, spots, 
     fusion keeps the visual part's localization, raw fusion loses it."""
     gen = torch.Generator().manual_seed(0)
 
-    def noisy_language(self, g, locals_, classes, projection=None):
+    def noisy_language(self, g, locals_, classes, projection=None, global_scores=None):
         return 100.0 * torch.rand(g.shape[0], *self.grid, generator=gen)
 
     monkeypatch.setattr(AlfaHead, "language_map", noisy_language)

@@ -202,7 +202,7 @@ def test_metric_files_have_every_metric_and_the_config(two_class_run):
     assert cfg["method"] == "alfa" and cfg["shots"] == "0"
     assert "planted" in cfg["weights"] and m["weights"] == cfg["weights"]
     assert cfg["model"] == "planted-vit" and cfg["weights_source"]["source"] == "planted"
-    assert cfg["scales"] == [2, 3] and cfg["prompt_sources"] == ["template"]
+    assert cfg["scales"] == [2, 3, 4] and cfg["prompt_sources"] == ["template"]
     assert cfg["version"] == __version__ == m["alfa_ad_version"]
     assert cfg["data"] == str(data)
     # only what applies to this run: zero-shot, planted weights, not calibrated

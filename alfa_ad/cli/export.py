@@ -27,9 +27,9 @@ def export(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
     weights: str = typer.Option("pretrained", "--weights", help=WEIGHTS_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
-    scales: str = typer.Option("2,3", "--scales", help="Window sizes in patches."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default 2,3,4)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
-    llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts for --classes."),
+    llm: bool = typer.Option(False, "--llm/--no-llm", help="Add the LLM-generated prompts for --classes (--prompts implies it)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
     check_data: Optional[Path] = typer.Option(None, "--check-data", help="Folder of images (a class's normal images, "
                                               "say) to compare the export with the torch model on; default: "

@@ -46,7 +46,15 @@ def run(
     aligner: str = typer.Option(DEFAULT_ALIGNER, "--aligner", help="Local embeddings (docs/method.md section 4): "
                                 + ALIGNERS.help() + "."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
-    llm: bool = typer.Option(True, "--llm/--no-llm", help="Use LLM-generated prompts (ALFA)."),
+    llm: bool = typer.Option(False, "--llm/--no-llm", help="ALFA: add the shipped LLM-generated prompts to the "
+                             "template prompts (off by default, docs/mini_clip.md; --prompts FILE implies it)."),
+    contextual: Optional[str] = typer.Option(None, "--contextual", help="ALFA: where eq. 4's per-image prompt "
+                                             "selection applies: off (default), global (image-level score only), "
+                                             "all (image score and every window, the paper's reading), soft "
+                                             "(image score, prompts weighted by S_c)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A named configuration: paper (ALFA as the paper "
+                                         "writes it: eq. 4 everywhere, scales 2,3, rank-1 text projection, LLM "
+                                         "prompts, sigma 4); it sets those options, recorded in every output."),
     few_shot_scorer: str = typer.Option(DEFAULT_FEW_SHOT_SCORER, "--few-shot-scorer", help="How queries meet the "
                                         "references (docs/method.md section 7): " + FEW_SHOT_SCORERS.help() + "."),
     fusion: str = typer.Option("raw", "--fusion", help="Few-shot fusion of the zero-shot and few-shot parts: raw "
@@ -62,7 +70,8 @@ def run(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
     weights: str = typer.Option("pretrained", "--weights", help=WEIGHTS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
-    scales: str = typer.Option("2,3", "--scales", help="Window sizes in patches."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default: ALFA 2,3,4; "
+                                         "WinCLIP 2,3)."),
     tile: str = typer.Option("auto", "--tile", help="auto, none or a tile side in pixels: score large or elongated "
                              "images in overlapping square tiles (auto: when squashing would distort by > 2:1 or "
                              "shrink by > 4.5x; docs/method.md)."),
@@ -141,7 +150,7 @@ def run(
             dataset.pop(c)
     detector = build_detector(method, model, pretrained, checkpoint, weights, seed, device, scales, cache_dir,
                               batch_size, prompts, llm, anomalib_compat, text, tile, aligner,
-                              few_shot_scorer, fusion, learned)
+                              few_shot_scorer, fusion, learned, contextual, preset)
     for cls, lib in libs.items():
         detector.set_prompt_class(names.get(cls, cls), lib)
     if backend not in BACKENDS:

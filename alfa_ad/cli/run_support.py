@@ -15,6 +15,8 @@ from ..config import parse_batch_size
 from ..outputs.record import RunOptions
 from ..references import choose_references, few_shot_prepare as _few_shot_prepare  # noqa: F401
 from ..outputs.tables import metrics_table
+from ..presets import PRESETS
+from ..scoring.placement import PLACEMENTS
 from ..registry import ALIGNERS, DEFAULT_ALIGNER, ENGINES, FEW_SHOT_SCORERS, METHODS
 from .common import _parse_ints, _print_table, console, fail, say
 
@@ -44,11 +46,13 @@ def check_out(out: Path) -> None:
 
 
 def build_detector(method: str, model: Optional[str], pretrained: str, checkpoint: Optional[Path], weights: str,
-                   seed: int, device: Optional[str], scales: str, cache_dir: Optional[Path], batch_size: int | str,
+                   seed: int, device: Optional[str], scales: Optional[str], cache_dir: Optional[Path],
+                   batch_size: int | str,
                    prompts: Optional[Path] = None, llm: bool = True, anomalib_compat: bool = False,
                    text: bool = True, tile: str = "auto", aligner: str = DEFAULT_ALIGNER,
                    few_shot_scorer: str = "bank", fusion: str = "raw",
-                   learned: Optional[Path] = None):
+                   learned: Optional[Path] = None, contextual: Optional[str] = None,
+                   preset: Optional[str] = None):
     """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error."""
     from ..model.weights import WeightsUnavailableError, require_pretrained
     from ..scoring.tile_spec import parse_tile
@@ -73,7 +77,13 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         parse_tile(tile)
     except ValueError as exc:
         fail(str(exc))
-    scale_list = _parse_ints(scales, "--scales")
+    scale_list = None if scales is None else _parse_ints(scales, "--scales")
+    if contextual is not None and contextual not in PLACEMENTS:
+        fail(f"--contextual must be one of {', '.join(PLACEMENTS)}, got {contextual!r}")
+    if contextual not in (None, "off") and method != "alfa":
+        fail(f"--contextual {contextual} applies to --method alfa only (WinCLIP has no prompt adaptation)")
+    if preset is not None and preset not in PRESETS:
+        fail(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     try:  # missing default weights: the one-line error before torch and the model code load
         require_pretrained(model, pretrained, weights, checkpoint)
     except WeightsUnavailableError as exc:
@@ -97,7 +107,8 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
                             cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,
                             prompts=str(prompts) if prompts else None, llm_prompts=llm,
                             few_shot_scorer=few_shot_scorer, fusion=fusion,
-                            learned=str(learned) if learned else None, **options)
+                            learned=str(learned) if learned else None, contextual=contextual, preset=preset,
+                            **options)
     except (WeightsUnavailableError, LibraryError, ValueError) as exc:
         fail(str(exc))
     for source in detector.sources:  # e.g. a plain embedding file that cannot be checked

@@ -41,14 +41,18 @@ def serve(
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", help="Folder of extra normal images for thresholds."),
     fpr: Optional[float] = typer.Option(None, "--fpr", help="Target false-positive rate of the thresholds (default 0.01)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
-    llm: Optional[bool] = typer.Option(None, "--llm/--no-llm", help="Use LLM-generated prompts (ALFA)."),
+    llm: Optional[bool] = typer.Option(None, "--llm/--no-llm", help="ALFA: add the LLM-generated prompts (default "
+                                       "off; --prompts implies it)."),
+    contextual: Optional[str] = typer.Option(None, "--contextual", help="ALFA: where eq. 4 applies: off (default), "
+                                             "global, all or soft (as for run)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A named configuration (paper; as for run)."),
     text: Optional[bool] = typer.Option(None, "--text/--no-text", help="ALFA few-shot: --no-text scores with the memory bank alone."),
     model: Optional[str] = typer.Option(None, "--model", help="open_clip model name."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file for --model."),
     weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
-    scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default 2,3)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default: ALFA 2,3,4; WinCLIP 2,3)."),
     tile: Optional[str] = typer.Option(None, "--tile", help="auto, none or a tile side in pixels (as for run; each tile "
                                        "is one more forward pass, so bound large uploads with --max-pixels)."),
     anomalib_compat: Optional[bool] = typer.Option(None, "--anomalib-compat", help="WinCLIP exactly as anomalib 2.x."),
@@ -77,6 +81,7 @@ def serve(
     cli = {"host": host, "port": port, "classes": classes, "class_name": class_name, "method": method,
            "shots": shots, "seed": seed, "data": data, "normals": normals, "coreset": coreset,
            "calibrate": calibrate, "fpr": fpr, "prompts": prompts, "llm_prompts": llm, "use_text": text,
+           "contextual": contextual, "preset": preset,
            "model": model, "pretrained": pretrained, "checkpoint": checkpoint, "weights": weights,
            "device": device, "scales": scales, "tile": tile, "anomalib_compat": anomalib_compat,
            "cache_dir": cache_dir, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "queue_size": queue_size,

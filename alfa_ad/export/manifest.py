@@ -46,7 +46,7 @@ def identity(detector) -> dict[str, Any]:
         "aligner": detector.config.aligner,
         "scales": list(head.scales),
         "options": {"temperature": head.temperature, "k": head.k, "sigma": head.blur.sigma,
-                    "contextual": head.contextual, "use_text": head.use_text,
+                    "contextual": head.contextual, "use_text": head.use_text, "global_in_map": head.global_in_map,
                     "text_projection": head.aligner.text_projection},
         "input_size": list(bb.image_size),
         "mean": list(bb.mean),

@@ -17,13 +17,19 @@ from ..aligners import TEXT_PROJECTIONS, build_aligner
 from ..model.backbone import ClipBackbone
 from ..aligners.base import encode, select_rows
 from ..registry import DEFAULT_ALIGNER, FEW_SHOT_SCORERS
+from ..scoring.contextual import DEFAULT_PLACEMENT
 from ..scoring.fewshot import default_memory_layers, fit_references, image_residual, visual_map
 from ..scoring.fusion import FUSIONS, FusionStats, fuse
 from ..scoring.zero_shot import TEMPERATURE
 from .alfa_head import AlfaHead
 from .base import BatchScores, ZeroShotFeatures, extract_references
 
-__all__ = ["AlfaMethod", "TEXT_PROJECTIONS", "default_memory_layers"]
+# ALFA's defaults, chosen on the mini-CLIP table (docs/mini_clip.md): windows of 2, 3 and 4
+# patches; eq. (4) off (scoring/placement.py); the image-level score as one more term of the
+# map's harmonic mean (global_in_map); smoothing by an eighth of a patch
+DEFAULT_SCALES = (2, 3, 4)
+
+__all__ = ["AlfaMethod", "DEFAULT_SCALES", "TEXT_PROJECTIONS", "default_memory_layers"]
 
 
 class AlfaMethod:
@@ -33,17 +39,18 @@ class AlfaMethod:
     def __init__(
         self,
         backbone: ClipBackbone,
-        scales: tuple[int, ...] = (2, 3),
+        scales: tuple[int, ...] = DEFAULT_SCALES,
         temperature: float = TEMPERATURE,
         k: float = 1.0,
-        sigma: float = 4.0,
+        sigma: float | None = None,
         text_projection: str | None = None,
         memory_layers: Sequence[int] | None = None,
         use_text: bool = True,
         aligner: str = DEFAULT_ALIGNER,
-        contextual: bool = True,
+        contextual: str | bool = DEFAULT_PLACEMENT,
         few_shot_scorer: str = "bank",
         fusion: str = "raw",
+        global_in_map: bool = True,
     ) -> None:
         if text_projection is not None and text_projection not in TEXT_PROJECTIONS:
             raise ValueError(f"text_projection must be one of {TEXT_PROJECTIONS}")
@@ -52,14 +59,22 @@ class AlfaMethod:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         self.scorer = FEW_SHOT_SCORERS.get(few_shot_scorer)(backbone, memory_layers)
         self.fusion = fusion
+        if sigma is None:  # an eighth of a patch, in model pixels (ViT-B/16: 2 px; the mini-CLIP: 1 px)
+            sigma = backbone.image_size[0] / backbone.grid[0] / 8
         self.head = AlfaHead(build_aligner(aligner, backbone, text_projection=text_projection), backbone.grid,
-                             backbone.image_size, scales, temperature, k, sigma, contextual, use_text).to(backbone.device)
+                             backbone.image_size, scales, temperature, k, sigma, contextual, use_text,
+                             global_in_map=global_in_map).to(backbone.device)
         self.refs = None  # fitted references (scoring/fewshot.py:References)
 
     # options as attributes (what tests and reports read)
     @property
     def aligner(self):
         return self.head.aligner
+
+    @property
+    def contextual(self) -> str:
+        """Where eq. (4)'s prompt selection applies (:mod:`alfa_ad.scoring.placement`)."""
+        return self.head.contextual
 
     @property
     def text_projection(self) -> str:
@@ -140,7 +155,8 @@ class AlfaMethod:
     def zero_shot_scores(self, features: ZeroShotFeatures, text) -> tuple[torch.Tensor, torch.Tensor]:
         """Language map ``(B, P)`` and class-token score ``(B,)`` of zero-shot features."""
         ad = self.head.adapt(features.g, *text)
-        return self.head.language_map(features.g, features.local, ad.classes).flatten(1), ad.global_scores
+        language = self.head.language_map(features.g, features.local, ad.local_classes, global_scores=ad.global_scores)
+        return language.flatten(1), ad.global_scores
 
     def finish(self, patch_map: torch.Tensor, normalized: bool) -> torch.Tensor:
         """``(B, gh, gw)`` -> maps at model resolution (both fusions are linear: no special case)."""
@@ -159,7 +175,8 @@ class AlfaMethod:
         head = self.head
         feats = encode(self.backbone, pixels, self.scorer.capture)
         ad = head.adapt(feats.g, *text)
-        language = head.language_map(feats.g, head.local_embeddings(feats), ad.classes).flatten(1) \
+        language = head.language_map(feats.g, head.local_embeddings(feats), ad.local_classes,
+                                     global_scores=ad.global_scores).flatten(1) \
             if self.use_text else None
         visual = visual_map(self.scorer.tokens(feats.caps, feats.last), self.refs, self.covers())
         image = image_residual(self.scorer.image(feats.g), self.refs)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..aligners.base import Aligner, Features, encode
-from ..scoring.contextual import contextual_scores, keep_masks, masked_class_embeddings
+from ..scoring.contextual import (DEFAULT_PLACEMENT, contextual_scores, keep_masks, masked_class_embeddings,
+                                  parse_placement, soft_weights)
 from ..scoring.memory import nearest_neighbour_distance
 from ..scoring.smoothing import GaussianBlur
 from ..scoring.windows import harmonic_aggregation, harmonic_mean
@@ -38,8 +39,9 @@ class AlfaOutput(NamedTuple):
 class Adapted(NamedTuple):
     keep_normal: torch.Tensor
     keep_abnormal: torch.Tensor
-    classes: torch.Tensor  # (B, 2, D) unit class embeddings from the kept prompts
+    classes: torch.Tensor  # (B, 2, D) unit class embeddings of the image-level score (eq. 10)
     global_scores: torch.Tensor  # (B,)
+    local_classes: torch.Tensor  # (B, 2, D) or (2, D): the class embeddings the windows meet (eq. 11)
 
 
 class AlfaHead(nn.Module):
@@ -48,14 +50,17 @@ class AlfaHead(nn.Module):
     Args:
         aligner: the fine-grained aligner (:mod:`alfa_ad.aligners`); a submodule.
         scales: window sizes in patches.
-        contextual: eq. (4) prompt filtering on (False keeps every prompt; ablation).
+        contextual: where eq. (4)'s prompt selection applies (:data:`~alfa_ad.scoring.contextual.PLACEMENTS`:
+            ``global``, ``all``, ``soft``, ``off``; ``True``/``False`` mean ``all``/``off``).
         memory_layers: blocks whose patch tokens the few-shot memory bank holds.
+        global_in_map: the image-level score enters the map's harmonic mean across scales as one
+            more scale (WinCLIP's global-local fusion; docs/method.md section 4).
     """
 
     def __init__(self, aligner: Aligner, grid: tuple[int, int], image_size: tuple[int, int],
                  scales: Sequence[int] = (2, 3), temperature: float = TEMPERATURE, k: float = 1.0,
-                 sigma: float = 4.0, contextual: bool = True, use_text: bool = True,
-                 memory_layers: Sequence[int] = ()) -> None:
+                 sigma: float = 4.0, contextual: str | bool = DEFAULT_PLACEMENT, use_text: bool = True,
+                 memory_layers: Sequence[int] = (), global_in_map: bool = True) -> None:
         super().__init__()
         self.aligner = aligner
         self.grid = tuple(grid)
@@ -63,8 +68,9 @@ class AlfaHead(nn.Module):
         self.scales = tuple(scales)
         self.temperature = temperature
         self.k = k
-        self.contextual = contextual
+        self.contextual = parse_placement(contextual)
         self.use_text = use_text
+        self.global_in_map = bool(global_in_map)
         self.memory_layers = tuple(memory_layers)
         self.blur = GaussianBlur(sigma)
         geometry = WindowGeometry(self.grid, self.scales)
@@ -81,17 +87,25 @@ class AlfaHead(nn.Module):
         return encode(self.aligner.backbone, pixels, self.memory_layers if capture else ())
 
     def adapt(self, g: torch.Tensor, normal: torch.Tensor, abnormal: torch.Tensor,
-              contextual: Optional[bool] = None) -> Adapted:
-        """Run-time prompt adaptation (eq. 2-4) and the class-token score (eq. 10)."""
+              contextual: Optional[str | bool] = None) -> Adapted:
+        """Run-time prompt adaptation (eq. 2-4), the class-token score (eq. 10) and the class
+        embeddings the windows meet, for the placement ``contextual`` (default: the head's)."""
+        placement = self.contextual if contextual is None else parse_placement(contextual)
         gn = torch.nn.functional.normalize(g.float(), dim=-1)
-        if self.contextual if contextual is None else contextual:
-            keep_n, keep_a = keep_masks(*contextual_scores(gn @ normal.T, gn @ abnormal.T, self.k))
+        every_n = torch.ones(g.shape[0], normal.shape[0], dtype=torch.bool, device=g.device)
+        every_a = torch.ones(g.shape[0], abnormal.shape[0], dtype=torch.bool, device=g.device)
+        every = masked_class_embeddings(normal, abnormal, every_n, every_a)
+        if placement == "off":
+            keep_n, keep_a, classes = every_n, every_a, every
         else:
-            keep_n = torch.ones(g.shape[0], normal.shape[0], dtype=torch.bool, device=g.device)
-            keep_a = torch.ones(g.shape[0], abnormal.shape[0], dtype=torch.bool, device=g.device)
-        classes = masked_class_embeddings(normal, abnormal, keep_n, keep_a)
+            score_n, score_a = contextual_scores(gn @ normal.T, gn @ abnormal.T, self.k)
+            keep_n, keep_a = keep_masks(score_n, score_a)
+            if placement == "soft":
+                classes = masked_class_embeddings(normal, abnormal, soft_weights(score_n), soft_weights(score_a))
+            else:
+                classes = masked_class_embeddings(normal, abnormal, keep_n, keep_a)
         global_scores = anomaly_probability(g.float().unsqueeze(1), classes, self.temperature)[:, 0]
-        return Adapted(keep_n, keep_a, classes, global_scores)
+        return Adapted(keep_n, keep_a, classes, global_scores, classes if placement == "all" else every)
 
     def local_embeddings(self, features: Features) -> list[torch.Tensor]:
         """The aligner's local embeddings ``(B, n_s, D)`` for each scale."""
@@ -106,10 +120,15 @@ class AlfaHead(nn.Module):
         return harmonic_aggregation(window_scores, cover).view(-1, *self.grid)
 
     def language_map(self, g: torch.Tensor, locals_: Sequence[torch.Tensor], classes: torch.Tensor,
-                     projection: Optional[str] = None) -> torch.Tensor:
-        """Harmonic average across scales of the per-scale maps: ``S~_L``, ``(B, gh, gw)``."""
+                     projection: Optional[str] = None, global_scores: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Harmonic average across scales of the per-scale maps: ``S~_L``, ``(B, gh, gw)``; with
+        ``global_in_map``, ``global_scores`` ``(B,)`` broadcast to the grid is one more term."""
         maps = [self.window_map(g, loc, classes, cover, projection)
                 for loc, (_, cover) in zip(locals_, self.geometry())]
+        if self.global_in_map:
+            if global_scores is None:
+                raise ValueError("global_in_map needs the image-level scores")
+            maps.append(global_scores.view(-1, 1, 1).expand_as(maps[0]))
         return harmonic_mean(torch.stack(maps), dim=0)
 
     def memory_map(self, caps: Sequence[torch.Tensor], bank: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -130,7 +149,8 @@ class AlfaHead(nn.Module):
         ad = self.adapt(feats.g, normal, abnormal)
         language = None
         if self.use_text:
-            language = self.language_map(feats.g, self.local_embeddings(feats), ad.classes)
+            language = self.language_map(feats.g, self.local_embeddings(feats), ad.local_classes,
+                                         global_scores=ad.global_scores)
         if bank is None:
             if language is None:
                 raise ValueError("with use_text=False a memory bank of normal images is needed (fit_normals)")

@@ -41,7 +41,12 @@ class WinClipMethod:
         few_shot_scorer: str = "bank",
         fusion: str = "raw",
         memory_layers=None,
+        contextual: str | None = None,
     ) -> None:
+        if contextual not in (None, "off"):
+            raise ValueError(f"contextual {contextual!r}: WinCLIP has no run-time prompt adaptation (eq. 4 is ALFA's)")
+        self.contextual = "off"
+        self.scales = tuple(scales)
         if anomalib_compat and aligner != "masked":
             raise ValueError("anomalib_compat reproduces anomalib's masked windows; it needs aligner 'masked'")
         self.backbone = backbone

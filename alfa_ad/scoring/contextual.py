@@ -10,11 +10,15 @@ abnormal prompts.  With the point-to-interval distance
 
 ``S_c`` lies in [0, 1); a prompt is kept when ``S_c(t) > 0``, i.e. when its
 similarity lies outside the other side's interval.  See docs/method.md.
+
+Where the selection applies: :mod:`alfa_ad.scoring.placement`.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .placement import DEFAULT_PLACEMENT, PLACEMENTS, parse_placement  # noqa: F401  (re-exported)
 
 
 def interval_distance(d: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -63,6 +67,12 @@ def keep_masks(
     return keep_n, keep_a
 
 
+def soft_weights(scores: torch.Tensor) -> torch.Tensor:
+    """``S_c`` as prompt weights ``(B, N)``; a side whose scores are all 0 weighs every prompt 1."""
+    none = scores.sum(-1, keepdim=True) <= 0
+    return torch.where(none, torch.ones_like(scores), scores)
+
+
 def masked_class_embeddings(
     prompts_normal: torch.Tensor,
     prompts_abnormal: torch.Tensor,
@@ -74,11 +84,12 @@ def masked_class_embeddings(
     Args:
         prompts_normal: ``(N+, D)`` unit-norm normal prompt embeddings.
         prompts_abnormal: ``(N-, D)`` unit-norm abnormal prompt embeddings.
-        keep_normal, keep_abnormal: ``(B, N+)``, ``(B, N-)`` boolean masks.
+        keep_normal, keep_abnormal: ``(B, N+)``, ``(B, N-)`` boolean masks, or non-negative
+            weights (``soft`` placement).
 
     Returns:
-        ``(B, 2, D)``: row 0 normal, row 1 abnormal; each the unit-normalised mean of
-        the kept unit prompt embeddings.
+        ``(B, 2, D)``: row 0 normal, row 1 abnormal; each the unit-normalised (weighted)
+        mean of the kept unit prompt embeddings.
     """
     wn = keep_normal.to(prompts_normal.dtype)
     wa = keep_abnormal.to(prompts_abnormal.dtype)
