@@ -285,10 +285,10 @@ def write_tables(out: Path, rows: list[dict], header: str) -> None:
         w.writerow(cells)
     (out / "table.csv").write_text(buf.getvalue())
     cols = ("name", "image_auroc", "pixel_auroc", "pro", "d_winclip_image_auroc", "d_winclip_pixel_auroc",
-            "d_winclip_pro", "d_default_pixel_auroc", "d_default_pro", "ms_per_image", "ran")
+            "d_winclip_pro", "d_default_image_auroc", "d_default_pixel_auroc", "d_default_pro", "ms_per_image", "ran")
     titles = ("row", "img AUROC", "px AUROC", "PRO", "Δ img vs WinCLIP [95%]", "Δ px vs WinCLIP [95%]",
-              "Δ PRO vs WinCLIP [95%]", "Δ px vs default [95%]", "Δ PRO vs default [95%]", "ms / image",
-              "what ran")
+              "Δ PRO vs WinCLIP [95%]", "Δ img vs default [95%]", "Δ px vs default [95%]", "Δ PRO vs default [95%]",
+              "ms / image", "what ran")
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for r in rows:
         cells = [f"{r[c]:.1f}" if c == "ms_per_image" and r.get(c) is not None else _fmt(r.get(c)) for c in cols]
