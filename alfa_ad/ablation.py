@@ -57,7 +57,8 @@ class AblationConfig:
 
 
 FULL = AblationConfig("alfa-ad default", (TEMPLATES,))
-PAPER = AblationConfig("paper preset (S_c everywhere, scales 2,3, rank-1, no image score in the map)",
+PAPER = AblationConfig("paper preset (S_c everywhere, scales 2,3, rank-1, no image score in the map; "
+                       "the run's sigma)",
                        (TEMPLATES, LLM), "all", "masked", (2, 3), "rank1", False)
 
 # The grid: Table 2 (prompt sources x contextual scoring x aligner on/off, S_c as the paper

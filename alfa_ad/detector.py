@@ -88,7 +88,8 @@ class Detector(ReferenceFitting):
             sources = default_sources(config.method, bool(config.options.get("anomalib_compat")), config.prompts,
                                       config.llm_prompts)
         self.sources = list(sources)
-        self.backbone = backbone or load_backbone(config.model, config.pretrained or DEFAULT_PRETRAINED, checkpoint=config.checkpoint,
+        self.backbone = backbone or load_backbone(config.model, config.pretrained or DEFAULT_PRETRAINED,
+                                                  checkpoint=config.checkpoint,
                                                   weights=config.weights, seed=config.seed, device=config.device)
         # the record names only what was used: a pretrained tag only for pretrained weights
         info = self.backbone.weights

@@ -18,8 +18,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"method": "alfa", "contextual": "all", "aligner": "masked", "scales": (2, 3), "llm_prompts": True,
               "options": {"text_projection": "rank1", "sigma": 4.0, "global_in_map": False}},
 }
-PRESET_HELP = {"paper": "ALFA as the paper writes it: eq. 4 selection for the image score and every window, "
-                        "masked windows 2,3, rank-1 text projection, template + LLM prompts, map without the image score, sigma 4 px"}
 
 
 def preset_fields(name: str) -> Mapping[str, Any]:
