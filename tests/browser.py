@@ -108,6 +108,8 @@ def check_report(report: Path, screenshot: Path | None = None, width: int = 1280
             details = page.locator(".card details").first
             if details.count():
                 details.locator("summary").click()
+                # the toggle event that fills the list is dispatched as a task after the click: wait for it
+                details.locator("ul, ol").first.wait_for(state="attached", timeout=5000)
                 out.opened_list = details.locator("li").count()
     return out
 
