@@ -1,6 +1,6 @@
 """alfa-ad: training-free zero-/few-shot visual anomaly detection on OpenCLIP."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Detector", "DetectionResult", "detect", "__version__"]
 

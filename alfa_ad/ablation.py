@@ -25,13 +25,14 @@ import torch
 
 from .aligners import build_aligner
 from .detector import Detector
-from .io.datasets import Sample
+from .evaluation.resize import resize_for_evaluation
+from .io.datasets import Sample, ground_truth_mask
 from .io.images import ImageLoadError, load_image
 from .methods.alfa import DEFAULT_SCALES
 from .methods.alfa_head import AlfaHead
-from .scoring.placement import DEFAULT_PLACEMENT
 from .outputs.tables import METRICS, mean_over
-from .runner import ClassEval, _eval_resize, _mask_for
+from .runner import ClassEval
+from .scoring.placement import DEFAULT_PLACEMENT
 from .scoring.windows import harmonic_mean
 from .scoring.zero_shot import image_score
 
@@ -155,7 +156,7 @@ def run_ablation(detector: Detector, dataset: dict[str, list[Sample]], grid: Seq
     for cls, samples in dataset.items():
         name = class_names.get(cls, cls)
         ps = detector.prompts(name)
-        normal_all, abnormal_all = detector._text_state(name)
+        normal_all, abnormal_all = detector.class_text(name)
         text = {}
         for c in configs:  # prompt embeddings of each source selection (a class may lack a source)
             kn = torch.tensor([s in c.sources for s in ps.normal_sources], device=normal_all.device)
@@ -170,7 +171,7 @@ def run_ablation(detector: Detector, dataset: dict[str, list[Sample]], grid: Seq
                 if on_error:
                     on_error(str(exc))
                 continue
-            truth = _mask_for(s, im.size, warnings) if s.label is not None else None
+            truth = ground_truth_mask(s, im.size, warnings) if s.label is not None else None
             with torch.inference_mode():
                 pixels = bb.preprocess([im])
                 feats, t_fwd = timer(lambda: base.encode(pixels))
@@ -216,7 +217,7 @@ def _collect(ev: ClassEval, s: Sample, score: float, amap: torch.Tensor, size: t
     if truth is not None:
         full = torch.nn.functional.interpolate(amap[None, None].float().cpu(), size=(size[1], size[0]),
                                                mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
-        ev.pixels.add(_eval_resize(truth.astype(np.float32)) >= 0.5, _eval_resize(full.numpy().astype(np.float32)))
+        ev.pixels.add(resize_for_evaluation(truth.astype(np.float32)) >= 0.5, resize_for_evaluation(full.numpy().astype(np.float32)))
 
 
 __all__ = ["AblationConfig", "AblationRow", "GRID", "FULL", "METRICS", "applicable", "run_ablation"]

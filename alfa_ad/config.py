@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from .model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .presets import preset_fields
 from .scoring.placement import parse_placement
-from .registry import ALIGNERS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, FEW_SHOT_SCORERS, METHODS
+from .registry import ALIGNERS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, FEW_SHOT_SCORERS, METHODS, PROMPT_SOURCES
 
 
 def parse_batch_size(value: int | str) -> int | str:
@@ -51,12 +51,15 @@ class DetectorConfig:
     learned: str | None = None  # learned / imported prompt-embedding file (prompting/learned.py)
     batch_size: int | str = 8  # or "auto": chosen by memory (alfa_ad/model/batch_memory.py)
     options: dict[str, Any] = field(default_factory=dict)
-    few_shot_scorer: str = DEFAULT_FEW_SHOT_SCORER  # how queries meet the references (issue 17)
+    few_shot_scorer: str = DEFAULT_FEW_SHOT_SCORER  # how queries meet the references (registry.FEW_SHOT_SCORERS)
     fusion: str = "raw"  # zero-shot + few-shot fusion: "raw" (0.1) or "normalized" (reference statistics)
     # ALFA: where eq. (4)'s prompt selection applies (global, all, soft, off; scoring/contextual.py);
     # None: the method's default (a built detector records the one it uses)
     contextual: str | None = None
     preset: str | None = None  # a named configuration (alfa_ad/presets.py); it sets the fields it names
+    # prompt sources by name (alfa_ad.registry.PROMPT_SOURCES); None: the method's defaults, with
+    # ``llm_prompts`` / ``prompts`` and ``learned`` (a built detector records the names it uses)
+    prompt_sources: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.preset is not None:
@@ -71,6 +74,12 @@ class DetectorConfig:
             raise ValueError(f"fusion must be normalized or raw, got {self.fusion!r}")
         if self.scales is not None:
             self.scales = tuple(int(s) for s in self.scales)
+        if self.prompt_sources is not None:
+            if isinstance(self.prompt_sources, str):
+                self.prompt_sources = tuple(n.strip() for n in self.prompt_sources.split(",") if n.strip())
+            self.prompt_sources = tuple(PROMPT_SOURCES.check(str(n)) for n in self.prompt_sources)
+            if not self.prompt_sources:
+                raise ValueError("prompt_sources names no source; leave it out for the method's defaults")
         self.tile = str(self.tile)
         self.batch_size = parse_batch_size(self.batch_size)
         self.options = dict(self.options)
@@ -79,6 +88,7 @@ class DetectorConfig:
         """JSON-ready dict (tuples as lists)."""
         out = asdict(self)
         out["scales"] = None if self.scales is None else list(self.scales)
+        out["prompt_sources"] = None if self.prompt_sources is None else list(self.prompt_sources)
         return out
 
     @classmethod

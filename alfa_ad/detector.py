@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .class_state import ClassStates
 from .config import DetectorConfig
 from .io.images import load_image
 from .io.paths import default_cache_dir
@@ -22,38 +22,17 @@ from .model.factory import load_backbone
 from .model.names import DEFAULT_PRETRAINED
 from .model.preprocess import crop, image_to_tensor, resize_to_model
 from .model.text_cache import TextEmbeddingCache
-from .prompting import AlfaTemplateSource, PromptSet, PromptSource, WinClipEnsembleSource, combine
-from .prompting.library import LLMPromptSource, load_library
-from .prompting.templates import WINCLIP_TEMPLATES, WINCLIP_TEMPLATES_ANOMALIB
+from .prompting import PromptSource
 from .reference_fitting import BANK_CACHE_SIZE, LEAVE_ONE_OUT_REFERENCES, ReferenceFitting, content_key
-from .registry import METHODS
+from .registry import METHODS, PROMPT_SOURCES
 from .results import Descriptor, DetectionResult, Thresholds
 from .scoring.masks import defect_mask
 from .scoring.tiling import parse_tile, plan_tiles, stitch
 
-__all__ = ["BANK_CACHE_SIZE", "Detector", "DetectionResult", "Thresholds", "content_key", "detect", "default_sources",
-           "shipped_libraries"]
-
-def shipped_libraries() -> list[Path]:
-    """Prompt libraries shipped in the repository's ``prompts/`` (or ``$ALFA_AD_PROMPTS``)."""
-    folder = Path(os.environ.get("ALFA_AD_PROMPTS", Path(__file__).resolve().parents[1] / "prompts"))
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+__all__ = ["BANK_CACHE_SIZE", "Detector", "DetectionResult", "Thresholds", "content_key", "detect"]
 
 
-def default_sources(method: str, anomalib_compat: bool = False, prompts: str | Path | None = None,
-                    llm: bool = True) -> list[PromptSource]:
-    """WinCLIP: its ensemble.  ALFA: unified template + LLM descriptions (``prompts`` file,
-    else the shipped libraries), as in the paper's full model (Table 2)."""
-    if method == "winclip":
-        return [WinClipEnsembleSource(WINCLIP_TEMPLATES_ANOMALIB if anomalib_compat else WINCLIP_TEMPLATES)]
-    sources: list[PromptSource] = [AlfaTemplateSource()]
-    if llm or prompts:
-        files = [Path(prompts)] if prompts else shipped_libraries()
-        sources += [LLMPromptSource(load_library(f)) for f in files]
-    return sources
-
-
-class Detector(ReferenceFitting):
+class Detector(ReferenceFitting, ClassStates):
     """Holds the model, the method and cached prompt embeddings for repeated calls.
 
     Options are those of :class:`~alfa_ad.config.DetectorConfig`; keyword arguments
@@ -84,10 +63,6 @@ class Detector(ReferenceFitting):
             config = replace(config, options={**config.options, **method_options})
         parse_tile(config.tile)
         method_cls = METHODS.get(config.method)
-        if sources is None:
-            sources = default_sources(config.method, bool(config.options.get("anomalib_compat")), config.prompts,
-                                      config.llm_prompts)
-        self.sources = list(sources)
         self.backbone = backbone or load_backbone(config.model, config.pretrained or DEFAULT_PRETRAINED,
                                                   checkpoint=config.checkpoint,
                                                   weights=config.weights, seed=config.seed, device=config.device)
@@ -100,10 +75,15 @@ class Detector(ReferenceFitting):
                 self.config = replace(self.config, weights=info.source)
             elif info.source == "checkpoint" and info.file:
                 self.config = replace(self.config, checkpoint=info.file)
-        if self.config.learned:  # learned / imported prompt embeddings: one more source, checked against the model
-            from .prompting.learned import LearnedPromptSource
-
-            self.sources.append(LearnedPromptSource.load(self.config.learned, self.backbone))
+        if sources is None:  # by name from the registry: the config's, else the method's defaults
+            names = self.config.prompt_sources or method_cls.default_prompt_sources(self.config)
+            if self.config.learned and "learned" not in names:  # learned / imported prompt embeddings
+                names = (*names, "learned")
+            self.config = replace(self.config, prompt_sources=tuple(names))
+            sources = [src for name in names for src in PROMPT_SOURCES.get(name)(self.config, self.backbone)]
+        elif self.config.learned:
+            sources = [*sources, *PROMPT_SOURCES.get("learned")(self.config, self.backbone)]
+        self.sources: list[PromptSource] = list(sources)
         placement = {} if self.config.contextual is None else {"contextual": self.config.contextual}
         scales = {} if self.config.scales is None else {"scales": tuple(self.config.scales)}
         self.method = method_cls(self.backbone, **scales, aligner=self.config.aligner,
@@ -114,11 +94,8 @@ class Detector(ReferenceFitting):
         directory = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.text_cache = TextEmbeddingCache(directory)
         self._init_references()  # few-shot state (alfa_ad/reference_fitting.py)
-        self.prompt_classes: dict[str, str] = {}  # class name -> prompt-library class (``--prompt-class``)
-        self._prompts: dict[str, PromptSet] = {}
-        self._text: dict[str, Any] = {}
-        self._descriptors: dict[str, tuple[list[tuple[str, str, str]], torch.Tensor]] = {}
-        self.backend: Any = None  # what runs the per-image model; None: the method (issue 14, use_backend)
+        self._init_class_states()  # per-class prompts and embeddings (alfa_ad/class_state.py)
+        self.backend: Any = None  # what runs the per-image model; None: the method (use_backend)
         self._batch_size: int | None = None  # resolved on first use (batch_size "auto")
         self.cache_dir = Path(directory) if directory else None  # exports cached on first use go here
 
@@ -145,82 +122,13 @@ class Detector(ReferenceFitting):
         def run(n: int) -> None:
             pixels = torch.zeros(n, 3, *bb.image_size, device=bb.device, dtype=bb.dtype)
             with torch.inference_mode():
-                self.method(pixels, self._text_state("object"))
+                self.method(pixels, self.class_text("object"))
 
         return auto_batch_size(run, torch.device(bb.device))
 
     @property
     def weights_label(self) -> str:
         return self.backbone.weights.label
-
-    # ------------------------------------------------------------ prompts
-    def set_prompt_class(self, class_name: str, library_class: str) -> None:
-        """Let prompt libraries answer for ``class_name`` with their ``library_class`` entry
-        (a folder ``hazelnut_toy`` scored with the shipped ``hazelnut`` prompts, say)."""
-        self.prompt_classes[class_name] = library_class
-        for cache in (self._prompts, self._text, self._descriptors):
-            cache.pop(class_name, None)
-
-    def _source_class(self, source: PromptSource, class_name: str) -> str:
-        return self.prompt_classes.get(class_name, class_name) if hasattr(source, "library") else class_name
-
-    def prompts(self, class_name: str) -> PromptSet:
-        if class_name not in self._prompts:
-            self._prompts[class_name] = combine(s.prompts(self._source_class(s, class_name)) for s in self.sources)
-        return self._prompts[class_name]
-
-    def _text_state(self, class_name: str):
-        if class_name not in self._text:
-            ps = self.prompts(class_name)
-            if not ps.normal or not ps.abnormal:
-                raise ValueError(f"class {class_name!r}: the prompt sources gave no normal or no abnormal prompt")
-            normal = self._embed(ps.normal, ps.embeddings)
-            abnormal = self._embed(ps.abnormal, ps.embeddings)
-            self._text[class_name] = self.method.prepare_text(normal, abnormal)
-        return self._text[class_name]
-
-    def _embed(self, prompts: Sequence[str], known: Mapping[str, Any]) -> torch.Tensor:
-        """Raw embeddings ``(N, D)`` of ``prompts``: those a source supplies (``known``, learned
-        prompts) as given, texts through the text encoder and its cache."""
-        texts = [p for p in prompts if p not in known]
-        encoded = dict(zip(texts, self.text_cache.encode(self.backbone, texts))) if texts else {}
-        rows = [torch.as_tensor(known[p]).float().cpu() if p in known else encoded[p] for p in prompts]
-        bad = [p for p, r in zip(prompts, rows) if r.shape != (self.backbone.embed_dim,)]
-        if bad:
-            raise ValueError(f"prompt {bad[0]!r}: embedding of shape {tuple(rows[prompts.index(bad[0])].shape)}, "
-                             f"but the model embeds text in {self.backbone.embed_dim} dimensions")
-        return torch.stack(rows) if rows else torch.zeros(0, self.backbone.embed_dim)
-
-    def explanation_candidates(self, class_name: str) -> list[tuple[str, str, str]]:
-        """``(text, side, source)`` of every description ``explain`` ranks: the descriptors of
-        paper section 5.4 (side abnormal) and the normal and abnormal prompts of every
-        non-template source (LLM; learned prompts by name, ``learned:abnormal:3``);
-        template prompts explain nothing."""
-        out: list[tuple[str, str, str]] = []
-        seen: set[str] = set()
-        for s in self.sources:
-            name = self._source_class(s, class_name)
-            items = [(d, "abnormal", f"{s.name}-descriptor") for d in getattr(s, "descriptors", lambda c: [])(name)]
-            if s.name not in ("template", "winclip"):
-                ps = s.prompts(name)
-                items += [(t, "normal", s.name) for t in ps.normal] + [(t, "abnormal", s.name) for t in ps.abnormal]
-            for item in items:
-                if item[0] not in seen:
-                    seen.add(item[0])
-                    out.append(item)
-        return out
-
-    def descriptors(self, class_name: str) -> list[str]:
-        """The texts :meth:`explanation_candidates` offers for the class."""
-        return [t for t, _, _ in self.explanation_candidates(class_name)]
-
-    def _descriptor_state(self, class_name: str) -> tuple[list[tuple[str, str, str]], torch.Tensor]:
-        if class_name not in self._descriptors:
-            items = self.explanation_candidates(class_name)
-            texts = [t for t, _, _ in items]
-            emb = self._embed(texts, self.prompts(class_name).embeddings)
-            self._descriptors[class_name] = (items, F.normalize(emb.float(), dim=-1))
-        return self._descriptors[class_name]
 
     # ------------------------------------------------------------ tiles
     def _units(self, images: Sequence[Image.Image]) -> tuple[list[list[int]], list[tuple[int, Any]]]:
@@ -259,7 +167,7 @@ class Detector(ReferenceFitting):
         highest score.  ``explain``: also return the top-``explain`` LLM descriptors.
         """
         pil = [load_image(im) for im in images]
-        text = self._text_state(class_name)
+        text = self.class_text(class_name)
         ps = self.prompts(class_name)
         groups, units = self._units(pil)
         if self.backend is not None:  # an exported zero-shot model (use_backend)
@@ -301,7 +209,7 @@ class Detector(ReferenceFitting):
         return results
 
     def _top_descriptors(self, embedding: torch.Tensor, class_name: str, top: int) -> list[Descriptor]:
-        items, emb = self._descriptor_state(class_name)
+        items, emb = self.class_descriptors(class_name)
         if not items:
             return []
         sims = emb @ F.normalize(embedding.float(), dim=-1)
@@ -311,7 +219,7 @@ class Detector(ReferenceFitting):
     def __call__(self, image: Any, class_name: str = "object", explain: int = 0) -> DetectionResult:
         return self.predict([image], class_name, explain)[0]
 
-    # ------------------------------------------------------------ backend (issue 14)
+    # ------------------------------------------------------------ backend
     def use_backend(self, name: str = "torch", exported: str | Path | None = None, precision: str = "fp32") -> None:
         """Score with backend ``name`` (:data:`alfa_ad.registry.BACKENDS`): ``torch`` (the
         method), ``onnxruntime`` or ``openvino`` (``exported`` folder, else the export in the
@@ -321,16 +229,6 @@ class Detector(ReferenceFitting):
         backend = create_backend(name, self, Path(exported) if exported else None, precision,
                                  self.cache_dir or default_cache_dir())
         self.backend = None if name == "torch" else backend
-    # ------------------------------------------------------------ end backend
-
-    # ------------------------------------------------------------ VLM second opinion (issue 15)
-    def explain(self, image: Any, class_name: str = "object", **options: Any) -> dict[str, Any]:
-        """A vision-language model's JSON verdict on ``image`` with our score and heat map;
-        ``options`` as :func:`alfa_ad.explain.vlm.explain_image` (``config=LLMConfig(...)``, normals, rules)."""
-        from .explain.vlm import explain_image
-
-        return explain_image(self, image, class_name, **options)
-    # ------------------------------------------------------------ end VLM second opinion
 
 
 def _select(prompts: Sequence[str], keep: torch.Tensor | None) -> list[str]:

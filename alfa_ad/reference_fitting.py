@@ -4,7 +4,7 @@ the memory banks remembered by content, fusion statistics and calibration.
 A mixin, so ``Detector`` keeps one API while the reference handling lives here; its
 state is set by :meth:`ReferenceFitting._init_references` (``Detector.__init__`` calls
 it).  It relies on the detector's ``method``, ``config``, ``backbone``, ``_units``,
-``_unit_batches``, ``_text_state`` and ``predict``.
+``_unit_batches``, ``class_text`` and ``predict``.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class ReferenceFitting:
         loo = self._loo
         language = global_ = None
         if loo.features is not None:
-            text = self._text_state(class_name)
+            text = self.class_text(class_name)
             parts = []
             for start in range(0, loo.features.count, self.batch_size):
                 rows = range(start, min(start + self.batch_size, loo.features.count))
@@ -181,7 +181,7 @@ class ReferenceFitting:
         stats = None
         if self.config.fusion == "normalized" and refs is not None and refs.loo_visual is not None and loo.units:
             stats = reference_stats(refs.loo_visual, refs.loo_image, language, global_, list(loo.units),
-                                    getattr(self.method, "peak_of_visual", False))
+                                    self.method.peak_of_visual)
         self._class_parts[class_name] = ReferenceParts(language, global_, stats)
         return self._class_parts[class_name]
 
@@ -236,7 +236,7 @@ class ReferenceFitting:
         visual = refs.loo_visual[subset]
         image = None if refs.loo_image is None else refs.loo_image[subset]
         patch, unit_scores, normalized = fuse(parts.language, parts.global_scores, visual, image, parts.stats,
-                                              getattr(self.method, "peak_of_visual", False))
+                                              self.method.peak_of_visual)
         with torch.inference_mode():
             maps = self.method.finish(patch.view(-1, *self.backbone.grid).to(self.backbone.device), normalized)
         maps = maps.float().cpu()

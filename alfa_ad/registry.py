@@ -1,5 +1,5 @@
-"""One registry of the interchangeable parts: methods (and, as they are added,
-aligners, few-shot scorers, backends, engines).
+"""One registry of the interchangeable parts: methods, prompt sources, aligners,
+few-shot scorers, backends and engines.
 
 Entries are registered by import path (``"package.module:attribute"``) and imported
 only when used, so optional extras (onnxruntime, ray, ...) cost nothing until asked
@@ -34,6 +34,10 @@ class Registry:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = Entry(name, target, help)
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (a plug-in's tests clean up after themselves)."""
+        del self._entries[self.check(name)]
+
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
@@ -64,6 +68,18 @@ METHODS = Registry("method")
 METHODS.add("alfa", "alfa_ad.methods.alfa:AlfaMethod",
             "ALFA (run-time prompt adaptation, fine-grained aligner, eq. 12)")
 METHODS.add("winclip", "alfa_ad.methods.winclip:WinClipMethod", "WinCLIP / WinCLIP+ baseline")
+
+# Prompt sources: factories ``(config, backbone) -> [PromptSource]``.  A method names its
+# default sources (``Method.prompt_sources``); ``DetectorConfig.prompt_sources`` names others.
+PROMPT_SOURCES = Registry("prompt source")
+PROMPT_SOURCES.add("template", "alfa_ad.prompting.templates:template_sources",
+                   "ALFA's unified templates (paper section 4.2; ALFA's default)")
+PROMPT_SOURCES.add("winclip", "alfa_ad.prompting.templates:winclip_sources",
+                   "WinCLIP's compositional ensemble (WinCLIP's default)")
+PROMPT_SOURCES.add("llm", "alfa_ad.prompting.library:library_sources",
+                   "LLM-written prompt libraries: the prompts file, else the shipped ones (--llm, --prompts)")
+PROMPT_SOURCES.add("learned", "alfa_ad.prompting.learned:learned_sources",
+                   "learned or imported prompt embeddings (--learned FILE)")
 
 ALIGNERS = Registry("aligner")
 ALIGNERS.add("masked", "alfa_ad.aligners.masked:MaskedAligner",

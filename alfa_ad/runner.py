@@ -19,20 +19,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .detector import Detector
 from .engines import ClassJob, Engine, Scored, in_order
 from .engines.local import LocalEngine
-from .evaluation.metrics import EVAL_SIZE, summarize
+from .evaluation.metrics import summarize
+from .evaluation.resize import resize_for_evaluation
 from .evaluation.streaming import StreamingPixelMetrics
-from .io.datasets import Sample
-from .io.images import ImageLoadError, load_mask
+from .io.datasets import Sample, ground_truth_mask
+from .io.images import ImageLoadError
 from .outputs import resume as checkpoints
 from .outputs.record import RunOptions
-from .outputs.tables import METRIC_TITLES, METRICS, mean_over  # noqa: F401  (re-exported)
-from .outputs.writers import CSV_FIELDS, RunFiles, read_jsonl  # noqa: F401  (re-exported)
+from .outputs.tables import mean_over
+from .outputs.writers import RunFiles, read_jsonl
 from .pipeline import BackgroundWriter
 
 
@@ -77,29 +76,6 @@ class RunReport:
 
     def mean_metrics(self) -> dict[str, float | None]:
         return mean_over(self.metrics.values())
-
-
-def _eval_resize(amap: np.ndarray) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
-def _mask_for(sample: Sample, size: tuple[int, int], warnings: list[str]) -> np.ndarray | None:
-    """Ground truth at the image's (W, H) size: zeros for good images, None when unknown."""
-    if sample.label == 0:
-        return np.zeros((size[1], size[0]), dtype=bool)
-    if sample.mask_path is None:
-        return None
-    try:
-        mask = load_mask(sample.mask_path)
-    except ImageLoadError as exc:
-        warnings.append(f"{exc}; image counted for image metrics only")
-        return None
-    if mask.shape != (size[1], size[0]):
-        warnings.append(f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                        f"{size[0]}x{size[1]}; image counted for image metrics only")
-        return None
-    return mask
 
 
 def decision_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int] | None:
@@ -148,55 +124,75 @@ def run_dataset(
     ``workers`` decode threads); whatever it is, its results are taken here in dataset
     order and written by the same code.
     """
-    engine = engine if engine is not None else LocalEngine(workers)
-    saved = checkpoints.load(out) if resume else None
-    state = saved[0] if saved else checkpoints.ResumeState()
-    if saved and state.record_detector and state.record_detector != record.get("detector"):
-        raise ValueError(f"{out}: --resume with other detector options than the interrupted run "
-                         "(compare its scores.json config); run without --resume to start again")
-    prev_rows = read_jsonl(out / "scores.jsonl", state.rows) if saved else []
-    state.rows = len(prev_rows)
-    state.record_detector = dict(record.get("detector") or {})
-    files = RunFiles(out, record, overlays=overlays, overlay_scale=overlay_scale, previous_rows=prev_rows)
-    files.warnings += list(warnings)
-    files.errors += state.errors
-    report = RunReport(out, record, rows=files.rows, errors=files.errors, warnings=files.warnings,
-                       resumed_rows=len(prev_rows))
-    for cls, done in state.finished.items():
-        report.classes[cls] = done["facts"]
-        if done.get("metrics"):
-            report.metrics[cls] = done["metrics"]
-    writer = BackgroundWriter(maxsize=2 * detector.batch_size)
+    run = _DatasetRun(detector, out, record, options, prepare, on_progress, on_error)
+    run.open(resume, warnings, overlays, overlay_scale)
+    return run.score(engine if engine is not None else LocalEngine(workers), dataset)
 
-    def error(message: str) -> None:
-        if message in report.errors:  # reported before an interruption, met again on resume
+
+class _DatasetRun:
+    """One :func:`run_dataset` call: its files, report and checkpoints, and the consumer of
+    the engine's per-class streams."""
+
+    def __init__(self, detector: Detector, out: Path, record: dict[str, Any], options: RunOptions,
+                 prepare: Prepare | None, on_progress: Callable[[str, int, int], None] | None,
+                 on_error: Callable[[str], None] | None) -> None:
+        self.detector, self.out, self.record, self.options = detector, out, record, options
+        self.prepare, self.on_progress, self.on_error = prepare, on_progress, on_error
+
+    def open(self, resume: bool, warnings: Sequence[str], overlays: bool, overlay_scale: str) -> None:
+        """The run's files and report, continued from the last checkpoint with ``resume``."""
+        out, record = self.out, self.record
+        self.saved = saved = checkpoints.load(out) if resume else None
+        self.state = state = saved[0] if saved else checkpoints.ResumeState()
+        if saved and state.record_detector and state.record_detector != record.get("detector"):
+            raise ValueError(f"{out}: --resume with other detector options than the interrupted run "
+                             "(compare its scores.json config); run without --resume to start again")
+        prev_rows = read_jsonl(out / "scores.jsonl", state.rows) if saved else []
+        state.rows = len(prev_rows)
+        state.record_detector = dict(record.get("detector") or {})
+        self.files = files = RunFiles(out, record, overlays=overlays, overlay_scale=overlay_scale,
+                                      previous_rows=prev_rows)
+        files.warnings += list(warnings)
+        files.errors += state.errors
+        self.report = report = RunReport(out, record, rows=files.rows, errors=files.errors, warnings=files.warnings,
+                                         resumed_rows=len(prev_rows))
+        for cls, done in state.finished.items():
+            report.classes[cls] = done["facts"]
+            if done.get("metrics"):
+                report.metrics[cls] = done["metrics"]
+
+    def error(self, message: str) -> None:
+        if message in self.report.errors:  # reported before an interruption, met again on resume
             return
-        report.errors.append(message)
-        if on_error:
-            on_error(message)
+        self.report.errors.append(message)
+        if self.on_error:
+            self.on_error(message)
 
-    def record_one(ev: ClassEval, item: Scored) -> None:  # runs in the writer thread
-        s, r = item.sample, item.result
+    def record_one(self, ev: ClassEval, item: Scored) -> None:
+        """Write one result and add it to the class's metrics (runs in the writer thread)."""
+        s, r, report = item.sample, item.result, self.report
         size = (r.anomaly_map.shape[1], r.anomaly_map.shape[0])  # the map has the image's size
-        truth = _mask_for(s, size, report.warnings) if s.label is not None else None
-        files.add(s, item.image, r, truth)
+        truth = ground_truth_mask(s, size, report.warnings) if s.label is not None else None
+        self.files.add(s, item.image, r, truth)
         ev.kept.append((len(r.kept_prompts["normal"]), len(r.kept_prompts["abnormal"])))
         if s.label is not None:
             ev.labels.append(s.label)
             ev.scores.append(r.score)
             if truth is not None:
-                ev.pixels.add(_eval_resize(truth.astype(np.float32)) >= 0.5, _eval_resize(r.anomaly_map))
-        state.rows = len(report.rows)
+                ev.pixels.add(resize_for_evaluation(truth.astype(np.float32)) >= 0.5,
+                              resize_for_evaluation(r.anomaly_map))
+        self.state.rows = len(report.rows)
         if len(ev.kept) % checkpoints.CHECKPOINT_EVERY == 0:
-            state.errors = list(report.errors)
-            checkpoints.save(out, state, ev.state())
+            self.state.errors = list(report.errors)
+            checkpoints.save(self.out, self.state, ev.state())
 
-    def jobs() -> Iterator[ClassJob]:
+    def jobs(self, dataset: dict[str, list[Sample]]) -> Iterator[ClassJob]:
         """Classes to score, each prepared when the engine asks for it."""
+        state, saved, report, prepare, detector = self.state, self.saved, self.report, self.prepare, self.detector
         for class_name, samples in dataset.items():
             if class_name in state.finished:
                 continue
-            name = options.class_names.get(class_name, class_name)
+            name = self.options.class_names.get(class_name, class_name)
             ev, first_row = ClassEval(), len(report.rows)
             if state.current == class_name and saved and saved[1] is not None:
                 ev, facts = ClassEval.from_state(saved[1]), dict(state.current_facts)
@@ -206,57 +202,64 @@ def run_dataset(
                 if prepare is not None:  # the same references and thresholds as before (seeded)
                     facts.update(prepare(detector, class_name, name))
             else:
-                facts = _class_facts(detector, class_name, name, options, report.warnings)
+                facts = _class_facts(detector, class_name, name, self.options, report.warnings)
                 if prepare is not None:
                     try:
                         facts.update(prepare(detector, class_name, name))
                     except (ImageLoadError, ValueError) as exc:
-                        error(f"class {class_name!r} skipped: {exc}")
+                        self.error(f"class {class_name!r} skipped: {exc}")
                         continue
             yield ClassJob(class_name, name, samples, (ev, facts, first_row))
 
-    t0 = time.perf_counter()
-    try:
-        for job, stream in engine.run(detector, jobs(), options.explain):
-            class_name, samples, (ev, facts, first_row) = job.class_name, job.samples, job.context
-            state.current, state.current_facts = class_name, facts
-            checkpoints.save(out, state, ev.state())
-            files.begin_class(class_name, facts.get("thresholds"))
-            total = len(samples)
-            for done_count, item in enumerate(in_order(stream, total), 1):
-                if item.error is not None:
-                    error(item.error)
-                else:
-                    writer.submit(record_one, ev, item)
-                if on_progress:
-                    on_progress(class_name, done_count, total)
-            writer.flush()
-            files.end_class()  # the class's overlays, on its one colour scale
-            if on_progress:
-                on_progress(class_name, total, total)
-            if ev.kept:
-                facts["mean_prompts_kept"] = {"normal": float(np.mean([k[0] for k in ev.kept])),
-                                              "abnormal": float(np.mean([k[1] for k in ev.kept]))}
-            counts = decision_counts(report.rows[max(0, first_row):])
-            if counts:
-                facts["decisions"] = counts
-            report.classes[class_name] = facts
-            if ev.labels:
-                report.metrics[class_name] = ev.metrics()
-            report.seconds = time.perf_counter() - t0
-            files.write(report.metrics, report.classes, report.seconds)
-            state.finished[class_name] = {"facts": facts, "metrics": report.metrics.get(class_name)}
-            state.current, state.current_facts = None, {}
-            state.errors = list(report.errors)
-            checkpoints.save(out, state, None)
-        report.seconds = time.perf_counter() - t0
-        files.write(report.metrics, report.classes, report.seconds)
-    finally:
+    def score(self, engine: Engine, dataset: dict[str, list[Sample]]) -> RunReport:
+        """Consume the engine's streams in dataset order; the files are closed whatever happens."""
+        writer = BackgroundWriter(maxsize=2 * self.detector.batch_size)
+        self.t0 = time.perf_counter()
         try:
-            writer.close()
+            for job, stream in engine.run(self.detector, self.jobs(dataset), self.options.explain):
+                self.score_class(job, stream, writer)
+            self.report.seconds = time.perf_counter() - self.t0
+            self.files.write(self.report.metrics, self.report.classes, self.report.seconds)
         finally:
-            files.close()
-    return report
+            try:
+                writer.close()
+            finally:
+                self.files.close()
+        return self.report
+
+    def score_class(self, job: ClassJob, stream: Iterator[Scored], writer: BackgroundWriter) -> None:
+        state, report, files = self.state, self.report, self.files
+        class_name, samples, (ev, facts, first_row) = job.class_name, job.samples, job.context
+        state.current, state.current_facts = class_name, facts
+        checkpoints.save(self.out, state, ev.state())
+        files.begin_class(class_name, facts.get("thresholds"))
+        total = len(samples)
+        for done_count, item in enumerate(in_order(stream, total), 1):
+            if item.error is not None:
+                self.error(item.error)
+            else:
+                writer.submit(self.record_one, ev, item)
+            if self.on_progress:
+                self.on_progress(class_name, done_count, total)
+        writer.flush()
+        files.end_class()  # the class's overlays, on its one colour scale
+        if self.on_progress:
+            self.on_progress(class_name, total, total)
+        if ev.kept:
+            facts["mean_prompts_kept"] = {"normal": float(np.mean([k[0] for k in ev.kept])),
+                                          "abnormal": float(np.mean([k[1] for k in ev.kept]))}
+        counts = decision_counts(report.rows[max(0, first_row):])
+        if counts:
+            facts["decisions"] = counts
+        report.classes[class_name] = facts
+        if ev.labels:
+            report.metrics[class_name] = ev.metrics()
+        report.seconds = time.perf_counter() - self.t0
+        files.write(report.metrics, report.classes, report.seconds)
+        state.finished[class_name] = {"facts": facts, "metrics": report.metrics.get(class_name)}
+        state.current, state.current_facts = None, {}
+        state.errors = list(report.errors)
+        checkpoints.save(self.out, state, None)
 
 
 def _class_facts(detector: Detector, class_name: str, prompt_name: str, options: RunOptions,

@@ -304,7 +304,7 @@ class FakeLLMServer:
 
 def child_generate(base_url: str, cache_dir: str, classes: list[str], barrier: Any, api_key: str) -> None:
     """Run in a spawned process: generate ``classes`` into the reply cache at ``cache_dir``."""
-    from alfa_ad.prompting.llm import GenerationSettings, LLMClient, LLMConfig, generate_class_prompts, open_reply_cache
+    from alfa_ad.llm.generate import GenerationSettings, LLMClient, LLMConfig, generate_class_prompts, open_reply_cache
 
     client = LLMClient(LLMConfig("fake-model", base_url=base_url, api_key=api_key,
                                  timeout=5.0, max_retries=2, backoff=0.01))

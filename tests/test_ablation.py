@@ -1,4 +1,4 @@
-"""``alfa-ad ablate`` (issue 10): the declarative grid, the shared forward pass, the files,
+"""``alfa-ad ablate``: the declarative grid, the shared forward pass, the files,
 and agreement with ``alfa-ad run`` for the same configuration; ``run --aligner``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The aligners (issue 10) on planted model v2: each localizes planted cues, and each
+"""The aligners on planted model v2: each localizes planted cues, and each
 deliberately wrong variant fails the same check.
 
 The check (:func:`localization_failures`) has two parts:
@@ -31,6 +31,9 @@ from alfa_ad.aligners.value import ValueAligner
 from alfa_ad.demo import make_synthetic_dataset
 from alfa_ad.io.datasets import discover
 from alfa_ad.io.images import load_mask
+from alfa_ad.registry import ALIGNERS
+
+LOCAL_ALIGNERS = [n for n in ALIGNERS.names() if ALIGNERS.get(n).localizes]  # "none" has no windows
 
 from conftest import grey_texture
 
@@ -94,7 +97,7 @@ def localization_failures(det: Detector, samples, grid_images) -> list[str]:
 
 # ------------------------------------------------------------------ correct aligners
 # (ALFA mode: in test_each_wrong_variant_fails_the_check, next to each wrong variant)
-@pytest.mark.parametrize("aligner", ["masked", "value", "dense"])
+@pytest.mark.parametrize("aligner", LOCAL_ALIGNERS)
 def test_each_aligner_localizes_planted_cues_in_winclip_mode(planted_backbone, demo_samples, grid_images, aligner):
     det = Detector(planted_backbone, method="winclip", aligner=aligner, cache_dir=None)
     assert det.method.aligner.name == aligner

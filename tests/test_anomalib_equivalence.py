@@ -1,6 +1,6 @@
 """WinCLIP side by side with anomalib's ``WinClipModel`` on identical weights and input.
 
-anomalib is a benchmark-only dependency (see benchmarks/compare_anomalib.py); these
+anomalib is a benchmark-only dependency (see benchmarks/agreement/compare_anomalib.py); these
 tests are skipped when it cannot be imported.  anomalib hardcodes the backbone
 name "ViT-B-16-plus-240"; as in the benchmark, ``open_clip.create_model_and_transforms``
 is replaced while the model is built, here by a *small* randomly initialised
@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from alfa_ad import Detector
-from alfa_ad.model.backbone import ClipBackbone, WeightsInfo
+from alfa_ad.model.backbone import ClipBackbone
+from alfa_ad.model.weights import WeightsInfo
 from alfa_ad.prompting import WinClipEnsembleSource
 from alfa_ad.prompting.templates import WINCLIP_TEMPLATES_ANOMALIB
 
@@ -89,7 +90,7 @@ def setup(anomalib_winclip):
 def _ours(backbone, pixels, reference, compat: bool):
     det = Detector(backbone, method="winclip", sources=[WinClipEnsembleSource(WINCLIP_TEMPLATES_ANOMALIB)],
                    cache_dir=None, anomalib_compat=compat)
-    text = det._text_state(CLASS)
+    text = det.class_text(CLASS)
     if reference is not None:
         det.method.fit_normals([reference])
     return det.method(pixels, text)

@@ -17,6 +17,9 @@ from alfa_ad.aligners import build_aligner, encode
 from alfa_ad.model import ClipBackbone, WeightsInfo, WeightsUnavailableError, load_backbone
 from alfa_ad.model.planted import ANTI_CUE, CUE, NORM
 from alfa_ad.scoring.windows import make_window_indices
+from alfa_ad.registry import ALIGNERS
+
+LOCAL_ALIGNERS = [n for n in ALIGNERS.names() if ALIGNERS.get(n).localizes]  # "none" has no windows
 
 ABNORMAL_PROMPT = "a photo of a damaged widget."
 NORMAL_PROMPT = "a photo of a flawless widget."
@@ -97,7 +100,7 @@ def _patch_red_fraction(mask: np.ndarray, bb: ClipBackbone) -> np.ndarray:
     return m.reshape(gh, h // gh, gw, w // gw).mean(axis=(1, 3))
 
 
-@pytest.mark.parametrize("kind", ["value", "masked", "dense"])
+@pytest.mark.parametrize("kind", LOCAL_ALIGNERS)
 @torch.no_grad()
 def test_windows_on_the_red_spot_align_with_abnormal_prompt(planted_backbone, make_spot_image, kind):
     bb = planted_backbone

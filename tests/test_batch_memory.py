@@ -1,4 +1,4 @@
-"""Batch size chosen by memory (``--batch-size auto``, issue 14).
+"""Batch size chosen by memory (``--batch-size auto``).
 
 No GPU here: the probe is driven by a fake memory counter whose peak follows the batch
 the method really received (a forward hook), so a probe that ran the wrong batch, read

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from alfa_ad.cli import app
 from alfa_ad.demo import make_synthetic_dataset
-from alfa_ad.runner import CSV_FIELDS
+from alfa_ad.outputs.writers import CSV_FIELDS
 
 runner = CliRunner()
 

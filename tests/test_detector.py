@@ -18,6 +18,9 @@ from sklearn.metrics import roc_auc_score
 from alfa_ad import DetectionResult, Detector, detect
 from alfa_ad.io.images import ImageLoadError, load_mask
 from alfa_ad.scoring.contextual import contextual_scores, keep_masks
+from alfa_ad.registry import ALIGNERS, METHODS
+
+LOCAL_ALIGNERS = [n for n in ALIGNERS.names() if ALIGNERS.get(n).localizes]  # "none" has no windows
 
 from conftest import grey_texture, spot_image
 
@@ -91,7 +94,7 @@ def _check_acceptance(det: Detector, images, masks) -> float:
     return pixel
 
 
-@pytest.mark.parametrize("method", ["alfa", "winclip"])
+@pytest.mark.parametrize("method", METHODS.names())
 def test_planted_alignment_acceptance(method, acceptance_set):
     det = Detector(weights="planted", method=method, cache_dir=None)
     assert det.method.name == method
@@ -99,7 +102,7 @@ def test_planted_alignment_acceptance(method, acceptance_set):
     _check_acceptance(det, *acceptance_set)
 
 
-@pytest.mark.parametrize("aligner", ["masked", "value", "dense"])
+@pytest.mark.parametrize("aligner", LOCAL_ALIGNERS)
 def test_alfa_aligners_localize(aligner, acceptance_set, planted_backbone):
     det = Detector(planted_backbone, method="alfa", aligner=aligner, cache_dir=None)
     assert det.method.aligner.name == aligner and det.config.aligner == aligner

@@ -18,7 +18,6 @@ from alfa_ad.detector import Detector
 from alfa_ad.engines import LostImagesError, Scored, describe_error, in_order
 from alfa_ad.engines.local import LocalEngine
 from alfa_ad.engines.scorer import BatchScorer, decode_batch
-from alfa_ad.engines.state import capture
 from alfa_ad.io.images import ImageLoadError, load_image
 from alfa_ad.outputs.record import RunOptions, build_record
 from alfa_ad.registry import ENGINES
@@ -111,7 +110,7 @@ def test_scorer_builds_once_from_config_and_driver_state_and_never_encodes_text(
     det.calibrate(None, "widget", 0.1)
     paths = sorted((data / "widget" / "test" / "spot").glob("*.png"))[:3]
     expected = det.predict(paths, "widget", explain=2)
-    scorer = BatchScorer(det.config.as_dict(), {0: ("widget", capture(det, "widget", explain=2))}, explain=2)
+    scorer = BatchScorer(det.config.as_dict(), {0: ("widget", det.export_class_state("widget", explain=True))}, explain=2)
     assert scorer.detector is not det and scorer.detector.sources == []
     batch = decode_batch({"job": np.zeros(3, int), "index": np.arange(3), "path": np.array([str(p) for p in paths])})
     for _ in range(2):  # per batch only predict runs: no text encoding, no fitting
@@ -120,7 +119,7 @@ def test_scorer_builds_once_from_config_and_driver_state_and_never_encodes_text(
             assert abs(e.score - g.score) <= 1e-6 and np.allclose(e.anomaly_map, g.anomaly_map, atol=1e-6)
             assert e.decision == g.decision and e.kept_prompts == g.kept_prompts
             assert [d.text for d in e.descriptors] == [d.text for d in g.descriptors] and g.descriptors
-    scorer.detector._text.clear()  # as if the driver had not sent the class's embeddings
+    scorer.detector.forget_class_text()  # as if the driver had not sent the class's embeddings
     with pytest.raises(RuntimeError, match="asked to encode"):
         scorer(batch)
 

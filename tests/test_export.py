@@ -64,7 +64,7 @@ def _export(det, traced, folder, fmt, precision):
 
 
 def _check_fp32(det, backend, pixels):
-    normal, abnormal = det._text_state(CLASS)
+    normal, abnormal = det.class_text(CLASS)
     # other batch size and prompt counts than the trace: every axis is dynamic
     for px, text in ((pixels, (normal, abnormal)), (pixels[:3], (normal[:9], abnormal[:4]))):
         ref, out = det.method(px, text), backend(px, text)
@@ -104,7 +104,7 @@ def test_int8_quantizes_the_encoder_only_and_stays_close(det, traced, pixels, tm
         # among ONNX Runtime's dynamically quantized ops)
         assert len(quantized) >= 3 * 3
         assert all("/resblocks." in n for n in quantized)  # the scoring head stays fp32
-    text = det._text_state(CLASS)
+    text = det.class_text(CLASS)
     ref, out = det.method(pixels, text), backend(pixels, text)
     diff = (ref.scores - out.scores).abs().max().item()
     assert 0 < diff <= 0.25  # quantized: not bit-equal
@@ -123,8 +123,8 @@ def test_manifest_texts_and_identity_check(det, traced, tmp_path):
     assert {"alfa-ad", "torch", "onnx", "onnxruntime"} <= set(m["versions"])
     assert m["classes"][CLASS]["normal"] == list(det.prompts(CLASS).normal)
     normal, abnormal = backend.texts(CLASS)
-    np.testing.assert_array_equal(normal, det._text_state(CLASS)[0].numpy())
-    np.testing.assert_array_equal(abnormal, det._text_state(CLASS)[1].numpy())
+    np.testing.assert_array_equal(normal, det.class_text(CLASS)[0].numpy())
+    np.testing.assert_array_equal(abnormal, det.class_text(CLASS)[1].numpy())
     with pytest.raises(ValueError, match="not exported"):
         backend.texts("bottle")
     # another aligner, same weights: the export does not compute it
@@ -155,9 +155,9 @@ def test_backend_registry_and_errors(det, tmp_path):
 
 def test_exported_backend_refuses_a_memory_bank(det, traced, pixels, tmp_path):
     backend = _export(det, traced, tmp_path / "onnx", "onnx", "fp32")
-    backend.method = SimpleNamespace(bank=[torch.zeros(1, 4)])
+    backend.method = SimpleNamespace(export_bank=lambda: [torch.zeros(1, 4)])  # a method with fitted references
     with pytest.raises(ValueError, match="memory bank"):
-        backend(pixels, det._text_state(CLASS))
+        backend(pixels, det.class_text(CLASS))
 
 
 @pytest.mark.slow

@@ -468,7 +468,7 @@ def test_refitting_drops_thresholds_of_the_previous_bank(planted_backbone):
 def test_prepare_text_lives_on_the_model_device(planted_backbone):
     for method in ("alfa", "winclip"):
         det = Detector(planted_backbone, method=method, cache_dir=None)
-        state = det._text_state("widget")
+        state = det.class_text("widget")
         tensors = state if isinstance(state, tuple) else (state,)
         assert all(t.device == planted_backbone.device for t in tensors)
 

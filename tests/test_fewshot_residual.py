@@ -1,4 +1,4 @@
-"""Issue 17: the few-shot scorer registry (bank | residual), the InCTRL-style residual
+"""The few-shot scorer registry (bank | residual), the InCTRL-style residual
 scorer, fusion on comparable scales, and leave-one-out calibration without model runs.
 
 Planted-model tests: patch redness is the anomaly cue, so red spots on grey textures
@@ -23,6 +23,7 @@ from alfa_ad.methods.alfa import AlfaMethod
 from alfa_ad.methods.alfa_head import AlfaHead
 from alfa_ad.scoring.fewshot import default_memory_layers, default_residual_layers
 from alfa_ad.scoring.fusion import Stat, fuse, reference_stats
+from alfa_ad.registry import FEW_SHOT_SCORERS, METHODS
 from PIL import Image
 
 from conftest import grey_texture, spot_image
@@ -77,7 +78,7 @@ def test_scorer_is_recorded_and_rebuilt(planted_backbone):
 
 
 # ------------------------------------------------------------------ residual scorer localizes
-@pytest.mark.parametrize("method", ["alfa", "winclip"])
+@pytest.mark.parametrize("method", METHODS.names())
 def test_residual_scorer_alone_localizes_a_planted_cue(planted_backbone, spots, method):
     opts = {"use_text": False} if method == "alfa" else {}
     det = Detector(planted_backbone, method=method, cache_dir=None, few_shot_scorer="residual", **opts)
@@ -208,7 +209,7 @@ def test_planted_noise_language_part_normalized_vs_raw(planted_backbone, spots, 
 
 
 # ------------------------------------------------------------------ fast leave-one-out calibration
-@pytest.mark.parametrize("scorer", ["bank", "residual"])
+@pytest.mark.parametrize("scorer", FEW_SHOT_SCORERS.names())
 def test_leave_one_out_equals_refitting_without_each_reference(planted_backbone, scorer):
     """Raw fusion, no coreset: the fast leave-one-out scores equal scoring each reference
     with a detector fitted on the others (references at model size: no resizing)."""

@@ -14,12 +14,14 @@ from alfa_ad.prompting.base import PromptSource, combine
 from alfa_ad.prompting.library import (
     FORMAT, VERSION, LibraryError, LLMPromptSource, load_library, new_library, save_library,
 )
-from alfa_ad.prompting.llm import (
-    MVTEC_CLASSES, QUERIES, VISA_CLASSES, GenerationSettings, LLMClient, LLMConfig, LLMError, _parse_retry_after,
-    _token_count, build_messages, generate_class_prompts, generate_library, open_reply_cache,
+from alfa_ad.llm.generate import (
+    MVTEC_CLASSES, QUERIES, VISA_CLASSES, GenerationSettings, LLMClient, LLMConfig, LLMError,
+    build_messages, generate_class_prompts, generate_library, open_reply_cache,
     parse_reply, resolve_classes,
 )
-from alfa_ad.prompting.queries import PARAPHRASES, descriptor_ask, side_ask
+from alfa_ad.llm.client import parse_retry_after
+from alfa_ad.llm.parse import clip_token_count
+from alfa_ad.llm.queries import PARAPHRASES, descriptor_ask, side_ask
 from alfa_ad.prompting.templates import AlfaTemplateSource
 from llm_server import (
     FakeLLMServer, child_generate, delay, empty, good, malformed, status, unused_port,
@@ -125,7 +127,7 @@ def test_parse_reply_normalises():
     long = lines[3]
     assert long.startswith("An abnormal image of bottle with flaw0")
     assert len(long.split()) <= 60 and len(long) <= 300
-    n = _token_count(long)
+    n = clip_token_count(long)
     assert n is None or n <= 77
     assert all(ch.isprintable() for line in lines for ch in line)
 
@@ -140,11 +142,11 @@ def test_parse_reply_bounds_and_descriptor_words():
 
 
 def test_parse_retry_after_forms():
-    assert _parse_retry_after({"retry-after": "2.5"}) == 2.5
-    assert _parse_retry_after({"retry-after-ms": "300"}) == pytest.approx(0.3)
-    assert _parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
-    assert _parse_retry_after({"retry-after": "soon"}) is None
-    assert _parse_retry_after({}) is None
+    assert parse_retry_after({"retry-after": "2.5"}) == 2.5
+    assert parse_retry_after({"retry-after-ms": "300"}) == pytest.approx(0.3)
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
 
 
 # --------------------------------------------------------------------------- generation

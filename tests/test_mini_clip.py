@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Measured with the shipped weights on `mini_clip_table.py --quick` (docs/mini_clip.md);
 # a deliberate change of weights, scenes or methods updates them.
-PINNED = {  # re-measured for issue 25's defaults (weights sha256 1fc412a83180; docs/mini_clip.md)
+PINNED = {  # re-measured for the current defaults (weights sha256 1fc412a83180; docs/mini_clip.md)
     "class token only (no map)": {"image_auroc": 0.8889},
     "raw patch tokens vs text": {"image_auroc": 0.8810, "pixel_auroc": 0.7460, "pro": 0.4345},
     "ALFA default (alfa-ad run --weights mini)": {"image_auroc": 0.9008, "pixel_auroc": 0.9270, "pro": 0.7241},
@@ -113,11 +113,11 @@ def test_nearest_neighbour_distance_is_never_negative():
 
 @pytest.fixture(scope="module")
 def quick_table(tmp_path_factory):
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path.insert(0, str(REPO / "benchmarks" / "accuracy"))
     try:
         import mini_clip_table
     finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+        sys.path.remove(str(REPO / "benchmarks" / "accuracy"))
     out = tmp_path_factory.mktemp("mini_table")
     torch_threads = torch.get_num_threads()
     try:

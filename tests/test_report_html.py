@@ -17,7 +17,7 @@ from alfa_ad.cli import app
 from alfa_ad.demo import make_synthetic_dataset
 from alfa_ad.report import load_run, write_report
 from alfa_ad.report.runfiles import METRIC_COLUMNS
-from alfa_ad.runner import METRIC_TITLES, METRICS
+from alfa_ad.outputs.tables import METRIC_TITLES, METRICS
 
 runner = CliRunner()
 
@@ -200,7 +200,7 @@ def test_multi_seed_few_shot_report(tmp_path):
 
 
 def test_unlabelled_run_loads_no_metric_or_plotting_code(tmp_path):
-    """A run of one unlabelled image (the start-up case of issue 14) writes its report
+    """A run of one unlabelled image (the start-up case) writes its report
     without importing scikit-learn (metrics and curves need labels) or matplotlib (one
     score makes no histogram): about 5 s of imports on a 2-core machine.  Five images do
     get their histogram, drawn with matplotlib's object API (no pyplot)."""

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from alfa_ad.cli import app
 from alfa_ad.prompting.library import load_library
-from alfa_ad.prompting.llm import GenerationSettings, LLMClient, LLMConfig, generate_class_prompts
-from alfa_ad.prompting.rules import Rules, RulesError, load_rules, parse_rules_text
+from alfa_ad.llm.generate import GenerationSettings, LLMClient, LLMConfig, generate_class_prompts
+from alfa_ad.llm.rules import Rules, RulesError, load_rules, parse_rules_text
 
 from llm_server import FakeLLMServer
 
@@ -125,7 +125,7 @@ def test_generate_prompts_cli_rules(tmp_path):
 def test_embedding_dedupe_drops_near_duplicates_and_records_them():
     import numpy as np
 
-    from alfa_ad.prompting.filters import PromptFilter
+    from alfa_ad.llm.filters import PromptFilter
 
     def embed(texts):       # a toy embedding: "dent" and "dint" mean the same thing
         return np.array([[1.0, 0.0] if ("dent" in t or "dint" in t) else [0.0, 1.0] for t in texts])

@@ -3,8 +3,10 @@ overload and recovery, timeouts, body limits, the loading state, and per-class f
 
 from __future__ import annotations
 
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,8 @@ from PIL import Image  # noqa: E402
 
 from alfa_ad import Detector  # noqa: E402
 from alfa_ad.serve import ScoringService, ServiceOptions, create_app  # noqa: E402
-from alfa_ad.serve.loadtest import ThreadedServer, png_bytes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "serve"))  # loadtest.py, the load-test harness
+from loadtest import ThreadedServer, png_bytes  # noqa: E402
 from conftest import grey_texture, spot_image  # noqa: E402
 
 

@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ httpx = pytest.importorskip("httpx", reason="httpx (test extra) is not installed
 
 from PIL import Image  # noqa: E402
 
-from alfa_ad.serve.loadtest import ServerProcess, bad_images, png_bytes, zero_png  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "serve"))  # loadtest.py, the load-test harness
+from loadtest import ServerProcess, bad_images, png_bytes, zero_png  # noqa: E402
 from conftest import grey_texture, spot_image  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests-0123456789"

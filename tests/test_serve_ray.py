@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,8 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx (test extra) is not installed")
 
 from alfa_ad import Detector  # noqa: E402
-from alfa_ad.serve.loadtest import free_port, png_bytes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "serve"))  # loadtest.py, the load-test harness
+from loadtest import free_port, png_bytes  # noqa: E402
 from conftest import spot_image  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="local Ray on Linux only")]

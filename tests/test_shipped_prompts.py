@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from alfa_ad.prompting.classes import MVTEC_CLASSES, VISA_CLASSES, names_class
-from alfa_ad.prompting.filters import near_key
+from alfa_ad.llm.classes import MVTEC_CLASSES, VISA_CLASSES, names_class
+from alfa_ad.llm.filters import near_key
 from alfa_ad.prompting.library import load_library
-from alfa_ad.prompting.parse import _token_count
+from alfa_ad.llm.parse import clip_token_count
 
 ROOT = Path(__file__).resolve().parents[1] / "prompts"
 LIBRARIES = [("mvtec.json", MVTEC_CLASSES), ("visa.json", VISA_CLASSES)]
@@ -58,7 +58,7 @@ def test_regenerated_entries_name_their_class_and_are_auditable(name, classes):
             assert len({near_key(p) for p in prompts}) == len(prompts), (cls, side)
             for p in prompts:
                 assert names_class(p, cls, entry.get("aliases", [])), (cls, side, p)
-                n = _token_count(p)
+                n = clip_token_count(p)
                 assert n is None or n <= 77, (cls, p)
 
 

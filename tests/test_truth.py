@@ -1,4 +1,4 @@
-"""Every output tells the truth (issue 9): the run record against what ran, decisions and
+"""Every output tells the truth: the run record against what ran, decisions and
 masks, options that cannot apply, one-line errors, explanations."""
 
 from __future__ import annotations

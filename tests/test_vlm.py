@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from alfa_ad.cli import app
-from alfa_ad.explain.vlm import explain_image, fuse_score, vlm_explain_run
-from alfa_ad.prompting.client import LLMClient, LLMConfig, LLMError
-from alfa_ad.prompting.vlm import build_vlm_messages, image_data_uri, open_vlm_cache, parse_verdict
+from alfa_ad.llm.second_opinion import explain_image, fuse_score, vlm_explain_run
+from alfa_ad.llm.client import LLMClient, LLMConfig, LLMError
+from alfa_ad.llm.vlm import build_vlm_messages, image_data_uri, open_vlm_cache, parse_verdict
 
 from conftest import spot_image
 from llm_server import VERDICT, FakeLLMServer, good, image_urls, status, text_parts
@@ -269,9 +269,9 @@ def test_explain_help_documents_the_command():
         assert word in result.output, word
 
 
-def test_detector_explain_method(server, detector, tmp_path):
-    out = detector.explain(spot_image(seed=9)[0], "widget", config=config(server.base_url), rules=RULES[:1],
-                           cache_dir=tmp_path / "c")
+def test_explain_image_with_rules(server, detector, tmp_path):
+    out = explain_image(detector, spot_image(seed=9)[0], "widget", config=config(server.base_url), rules=RULES[:1],
+                        cache_dir=tmp_path / "c")
     assert out["vlm"]["verdict"] == VERDICT and server.count == 1
     assert RULES[0] in text_parts(server.requests[0]["body"])
 

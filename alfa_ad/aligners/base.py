@@ -79,6 +79,7 @@ class Aligner(nn.Module):
     name: ClassVar[str] = ""
     default_projection: ClassVar[str] = "none"
     help: ClassVar[str] = ""
+    localizes: ClassVar[bool] = True  # False: every window gets the whole image's embedding
 
     def __init__(self, backbone: ClipBackbone, text_projection: str | None = None) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ from .base import Aligner, Features
 class GlobalAligner(Aligner):
     name = "none"
     default_projection = "none"
+    localizes = False
     help = "class token only: the global score broadcast over the map (ablation baseline)"
 
     def forward(self, features: Features, state, windows: torch.Tensor) -> torch.Tensor:

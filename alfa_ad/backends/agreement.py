@@ -65,7 +65,7 @@ def measure_agreement(detector, backend, images: Sequence[Any], checked_on: str,
                       class_name: str = "object") -> Agreement:
     """Scores and maps of ``backend`` vs ``detector.method`` on ``images`` (one batch)."""
     pixels = detector.backbone.preprocess(list(images))
-    text = detector._text_state(class_name)
+    text = detector.class_text(class_name)
     with torch.inference_mode():
         reference = detector.method(pixels, text)
     return compare(reference, backend(pixels, text), checked_on)

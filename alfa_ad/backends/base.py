@@ -78,7 +78,7 @@ class ExportedBackend:
             return z[f"{facts['index']}_normal"], z[f"{facts['index']}_abnormal"]
 
     def __call__(self, pixels: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor]) -> BatchScores:
-        if self.method is not None and getattr(self.method, "bank", None) is not None:
+        if self.method is not None and self.method.export_bank() is not None:
             raise ValueError("the few-shot memory bank is not part of the exported model; use --backend torch")
         feeds = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in (pixels, *text)]
         out = {k: torch.from_numpy(np.asarray(v)) for k, v in self.run(*feeds).items()}

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import __version__
+from .._version import __version__
 from ..io.datasets import discover
 from ..io.images import InputError
 from ..model.names import DEFAULT_PRETRAINED
@@ -37,7 +37,7 @@ def ablate(
     projection) zero-shot over --data, sharing each image's forward pass across configurations."""
     from ..ablation import run_ablation
     from ..outputs.ablation_tables import ablation_rows, write_ablation
-    from ..prompting.llm import resolve_classes
+    from ..llm.generate import resolve_classes
 
     check_out(out)
     check_device(device)

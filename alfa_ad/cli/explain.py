@@ -49,13 +49,13 @@ def explain(
     $OPENAI_API_KEY and is never logged, cached or written.
     """
     from ..detector import Detector
-    from ..explain.vlm import explain_image
+    from ..llm.second_opinion import explain_image
     from ..io.atomic import atomic_write_text
     from ..io.images import InputError, iter_image_files
     from ..model.weights import WeightsUnavailableError
-    from ..prompting.client import LLMConfig, LLMError
+    from ..llm.client import LLMConfig, LLMError
     from ..prompting.library import LibraryError
-    from ..prompting.rules import RulesError, load_rules
+    from ..llm.rules import RulesError, load_rules
 
     if not image.is_file():
         fail(f"{image}: image not found")

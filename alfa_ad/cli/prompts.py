@@ -78,8 +78,8 @@ def generate_prompts(
     Every raw reply and every filter decision is stored in the library.  The API key
     comes from $OPENAI_API_KEY and is never logged, cached or written.
     """
-    from ..prompting.llm import GenerationSettings, LLMConfig, LLMError, generate_library, resolve_classes
-    from ..prompting.rules import RulesError, load_rules
+    from ..llm.generate import GenerationSettings, LLMConfig, LLMError, generate_library, resolve_classes
+    from ..llm.rules import RulesError, load_rules
 
     try:
         names = resolve_classes(classes)

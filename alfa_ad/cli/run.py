@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..outputs.record import RunOptions, build_record
 from ..outputs.tables import aggregate_seeds, write_seed_summary

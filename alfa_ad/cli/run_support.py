@@ -168,7 +168,7 @@ def discover_data(data: Path, classes: Optional[str]) -> tuple[dict[str, list[Sa
     """``--data`` (and ``--classes``) -> (images per class, discovery warnings, whether it is a plain
     folder or a single image rather than a dataset layout); every problem is a one-line error."""
     from ..io.datasets import discover, is_class_folder, is_visa_root
-    from ..prompting.llm import resolve_classes
+    from ..llm.generate import resolve_classes
 
     try:
         wanted = resolve_classes(classes) if classes else None
@@ -269,9 +269,9 @@ def vlm_second_opinion(out: Path, n: int, model: str, base_url: Optional[str], f
                        rules: Optional[Path]) -> None:
     """``--vlm-explain``: verdicts of a vision-language model on the run's top-``n`` images,
     written into scores.json; failures are reported per image, the run's files stay."""
-    from ..explain.vlm import vlm_explain_run
-    from ..prompting.client import LLMConfig, LLMError
-    from ..prompting.rules import RulesError, load_rules
+    from ..llm.second_opinion import vlm_explain_run
+    from ..llm.client import LLMConfig, LLMError
+    from ..llm.rules import RulesError, load_rules
 
     try:
         summary = vlm_explain_run(out, n, config=LLMConfig(model=model, base_url=base_url, max_tokens=512),

@@ -6,7 +6,7 @@ from typing import Iterable, Iterator
 
 from ..io.images import load_image
 from ..pipeline import default_workers, prefetch
-from . import ClassJob, Engine, Scored, describe_error
+from .base import ClassJob, Engine, Scored, describe_error
 
 
 class LocalEngine(Engine):

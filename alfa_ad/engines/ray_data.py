@@ -11,7 +11,7 @@ Pipeline (as Ray recommends for batch inference)::
 Every class is prepared on the driver first (few-shot fit, calibration: the same code
 and the same detector as the local engine), and its state -- prompt embeddings, memory
 bank, thresholds, descriptions for ``--explain`` -- is captured once
-(:func:`alfa_ad.engines.state.capture`) and handed to each actor's constructor, so one
+(:meth:`alfa_ad.Detector.export_class_state`) and handed to each actor's constructor, so one
 pipeline scores all classes and each actor builds its Detector once.  Ray Data keeps the
 rows' order (``preserve_order``), so results arrive class after class in dataset order.
 A scoring actor that dies is restarted and its batch retried (``max_restarts``,
@@ -28,9 +28,8 @@ import time
 import warnings
 from typing import Any, Iterable, Iterator
 
-from . import ClassJob, Engine, EngineError, Scored
+from .base import ClassJob, Engine, EngineError, Scored
 from .scorer import BatchScorer, actor_config, decode_batch
-from .state import capture
 
 LOCAL_OBJECT_STORE_BYTES = 1 << 30  # a started local instance: 1 GiB of object store (spills to disk beyond)
 MAX_RESTARTS = 3  # a scoring actor that dies is restarted at most this many times ...
@@ -117,7 +116,7 @@ class RayEngine(Engine):
         self.open()
         prepared: list[tuple[ClassJob, Any]] = []
         for job in jobs:  # each class prepared by the caller, its state captured before the next one
-            prepared.append((job, capture(detector, job.prompt_name, explain) if job.samples else None))
+            prepared.append((job, detector.export_class_state(job.prompt_name, bool(explain)) if job.samples else None))
         rows = [{"job": j, "index": i, "path": str(s.path), "class": s.class_name, "defect_type": s.defect_type,
                  "label": -1 if s.label is None else int(s.label), "mask_path": str(s.mask_path or "")}
                 for j, (job, _) in enumerate(prepared) for i, s in enumerate(job.samples)]

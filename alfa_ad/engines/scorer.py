@@ -6,7 +6,7 @@ import: they are tested in-process too).
   same one-line error;
 * :class:`BatchScorer`: the scoring stage (a pool of Ray actors) -- builds the Detector
   once per actor from the run's :class:`~alfa_ad.config.DetectorConfig` and installs
-  every class's driver-computed state (:mod:`alfa_ad.engines.state`); per batch it only
+  every class's driver-computed state (:class:`alfa_ad.class_state.ClassState`); per batch it only
   runs ``Detector.predict``.  Each result goes back whole (pickled
   :class:`~alfa_ad.results.DetectionResult`, its map float32 at the image's size), so
   the driver's writers and metrics get exactly what the local engine gives them.
@@ -17,14 +17,15 @@ from __future__ import annotations
 import os
 import pickle
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
 
 from ..io.images import load_image
-from . import describe_error
-from .state import ClassState, NoTextEncoding, activate, install
+from ..class_state import ClassState
+from ..detector import Detector
+from .base import describe_error
 
 # fault injection for the tests: when this names an existing file, the first scoring
 # actor to claim it (renaming it to <file>.fired) exits its process at once, mid-batch
@@ -67,15 +68,13 @@ class BatchScorer:
 
     ``config``: the run's DetectorConfig as a dict (``Detector.from_config``) with the
     actor's device.  ``classes``: per job number, the object name in its prompts and its
-    :class:`~alfa_ad.engines.state.ClassState` (prompt embeddings, memory bank,
+    :class:`~alfa_ad.class_state.ClassState` (prompt embeddings, memory bank,
     thresholds) computed once on the driver, or a Ray object reference to that dict.  The detector gets no prompt sources and a
     text cache that refuses to encode, so nothing is recomputed here.
     """
 
     def __init__(self, config: dict[str, Any], classes: dict[int, tuple[str, ClassState]] | Any, explain: int = 0
                  ) -> None:
-        from ..detector import Detector
-
         if not isinstance(classes, dict):  # a Ray object reference to the driver's state
             import ray
 
@@ -84,7 +83,7 @@ class BatchScorer:
         self.detector = Detector.from_config(config, sources=[], cache_dir=None)
         self.detector.text_cache = NoTextEncoding()
         self.explain = explain
-        self.classes = {job: (name, install(self.detector, name, state)) for job, (name, state) in classes.items()}
+        self.classes = {job: (name, self.detector.import_class_state(name, state)) for job, (name, state) in classes.items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _crash_if_armed()
@@ -98,7 +97,7 @@ class BatchScorer:
             if not rows:
                 continue
             name, state = self.classes[job]
-            activate(self.detector, state)
+            self.detector.activate_class_state(state)
             images = [Image.frombytes("RGB", (int(batch["width"][i]), int(batch["height"][i])), batch["pixels"][i])
                       for i in rows]
             for i, r in zip(rows, self.detector.predict(images, name, explain=self.explain)):
@@ -111,3 +110,12 @@ def actor_config(config, gpus_per_worker: float) -> dict[str, Any]:
     """The DetectorConfig dict a scoring actor builds from: the run's, on the device the
     actor was given (CUDA when it holds a GPU share, else CPU)."""
     return replace(config, device="cuda" if gpus_per_worker > 0 else "cpu").as_dict()
+
+
+class NoTextEncoding:
+    """A text cache that refuses to encode: installed in remote detectors, whose prompt
+    embeddings all come from the driver (a call here means state was not passed)."""
+
+    def encode(self, backbone, texts) -> NoReturn:
+        raise RuntimeError(f"a scoring worker was asked to encode {len(texts)} prompt(s); every class's "
+                           "prompt embeddings must come from the driver (Detector.export_class_state)")

@@ -3,35 +3,15 @@ check that a detector's options are the ones an exported file computes."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
 MANIFEST = "manifest.json"
 INPUTS = ("pixels", "normal", "abnormal")
 OUTPUTS = ("scores", "global_scores", "maps", "keep_normal", "keep_abnormal", "embeddings")
-
-
-def visual_fingerprint(backbone) -> str:
-    """Identity of the image tower's weights: the weights file's SHA-256 when the weights
-    came from a file (already known, nothing is hashed again), else a blake2b digest of
-    every ``visual.*`` tensor's name, shape and bytes."""
-    if backbone.weights.sha256:
-        return f"file-sha256:{backbone.weights.sha256}"
-    cached = getattr(backbone, "_visual_fingerprint", None)  # hashing a ViT-B image tower takes seconds
-    if cached is not None:
-        return cached
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(backbone.clip.state_dict().items()):
-        if name.startswith("visual."):
-            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.detach().cpu().float().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    backbone._visual_fingerprint = "blake2b:" + h.hexdigest()
-    return backbone._visual_fingerprint
 
 
 def identity(detector) -> dict[str, Any]:
@@ -41,7 +21,7 @@ def identity(detector) -> dict[str, Any]:
     return {
         "model": bb.weights.model_name,
         "weights": {"source": bb.weights.source, "detail": bb.weights.detail,
-                    "visual": visual_fingerprint(bb), "text": bb.fingerprint},
+                    "visual": bb.visual_fingerprint, "text": bb.fingerprint},
         "method": detector.config.method,
         "aligner": detector.config.aligner,
         "scales": list(head.scales),

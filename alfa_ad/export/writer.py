@@ -38,7 +38,7 @@ class ExportGraph(nn.Module):
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    from .. import __version__
+    from .._version import __version__
 
     out = {"alfa-ad": __version__, "torch": torch.__version__}
     for pkg in ("onnx", "onnxruntime", "openvino", "open_clip_torch"):
@@ -62,7 +62,7 @@ def check_exportable(detector) -> None:
     if detector.config.method != "alfa":
         raise ValueError(f"only --method alfa can be exported (its scoring head is one torch module); "
                          f"got {detector.config.method}")
-    if getattr(detector.method, "bank", None) is not None:
+    if detector.method.export_bank() is not None:
         raise ValueError("the few-shot memory bank is not part of the exported model; export and run zero-shot, "
                          "or use --backend torch for few-shot")
 
@@ -130,7 +130,7 @@ def save_texts(detector, classes: Sequence[str], folder: Path) -> dict[str, dict
     """The classes' unit prompt embeddings (``texts.npz``) and their prompts for the manifest."""
     arrays, facts = {}, {}
     for i, name in enumerate(classes):
-        normal, abnormal = detector._text_state(name)
+        normal, abnormal = detector.class_text(name)
         arrays[f"{i}_normal"] = normal.float().cpu().numpy()
         arrays[f"{i}_abnormal"] = abnormal.float().cpu().numpy()
         ps = detector.prompts(name)

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .images import IMAGE_EXTENSIONS, InputError
+import numpy as np
+
+from .images import IMAGE_EXTENSIONS, ImageLoadError, InputError, load_mask
 
 
 @dataclass(frozen=True)
@@ -204,3 +206,22 @@ def discover(root: str | Path, classes: Sequence[str] | None = None, plain_class
     name = classes[0] if classes else plain_class
     shared = _shared_stems(images)
     return {name: [Sample(p, name, "", None, None, p.stem not in shared) for p in images]}, warnings
+
+
+def ground_truth_mask(sample: Sample, size: tuple[int, int], warnings: list[str]) -> np.ndarray | None:
+    """Ground truth at the image's (W, H) size: zeros for good images, None when unknown; a
+    mask that cannot be read or does not match the image adds a warning and gives None."""
+    if sample.label == 0:
+        return np.zeros((size[1], size[0]), dtype=bool)
+    if sample.mask_path is None:
+        return None
+    try:
+        mask = load_mask(sample.mask_path)
+    except ImageLoadError as exc:
+        warnings.append(f"{exc}; image counted for image metrics only")
+        return None
+    if mask.shape != (size[1], size[0]):
+        warnings.append(f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                        f"{size[0]}x{size[1]}; image counted for image metrics only")
+        return None
+    return mask

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import __version__
+from .._version import __version__
 from ..io.images import load_image
 from ..model.backbone import ClipBackbone
 from ..prompting.learned import FORMAT, LearnedClass, LearnedPrompts

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from ..aligners import TEXT_PROJECTIONS, build_aligner
 from ..model.backbone import ClipBackbone
 from ..aligners.base import encode, select_rows
-from ..registry import DEFAULT_ALIGNER, FEW_SHOT_SCORERS
+from ..registry import DEFAULT_ALIGNER
 from ..scoring.contextual import DEFAULT_PLACEMENT
-from ..scoring.fewshot import default_memory_layers, fit_references, image_residual, visual_map
-from ..scoring.fusion import FUSIONS, FusionStats, fuse
+from ..scoring.fewshot import default_memory_layers, image_residual, visual_map
+from ..scoring.fusion import FusionStats, fuse
 from ..scoring.zero_shot import TEMPERATURE
 from .alfa_head import AlfaHead
-from .base import BatchScores, ZeroShotFeatures, extract_references
+from .base import BatchScores, ReferenceBank, ZeroShotFeatures, extract_references
 
 # ALFA's defaults, chosen on the mini-CLIP table (docs/mini_clip.md): windows of 2, 3 and 4
 # patches; eq. (4) off (scoring/placement.py); the image-level score as one more term of the
@@ -32,7 +32,7 @@ DEFAULT_SCALES = (2, 3, 4)
 __all__ = ["AlfaMethod", "DEFAULT_SCALES", "TEXT_PROJECTIONS", "default_memory_layers"]
 
 
-class AlfaMethod:
+class AlfaMethod(ReferenceBank):
     name = "alfa"
     peak_of_visual = False
 
@@ -55,16 +55,17 @@ class AlfaMethod:
         if text_projection is not None and text_projection not in TEXT_PROJECTIONS:
             raise ValueError(f"text_projection must be one of {TEXT_PROJECTIONS}")
         self.backbone = backbone
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        self.scorer = FEW_SHOT_SCORERS.get(few_shot_scorer)(backbone, memory_layers)
-        self.fusion = fusion
+        self._init_bank(backbone, few_shot_scorer, memory_layers, fusion)
         if sigma is None:  # an eighth of a patch, in model pixels (ViT-B/16: 2 px; the mini-CLIP: 1 px)
             sigma = backbone.image_size[0] / backbone.grid[0] / 8
         self.head = AlfaHead(build_aligner(aligner, backbone, text_projection=text_projection), backbone.grid,
                              backbone.image_size, scales, temperature, k, sigma, contextual, use_text,
                              global_in_map=global_in_map).to(backbone.device)
-        self.refs = None  # fitted references (scoring/fewshot.py:References)
+
+    @classmethod
+    def default_prompt_sources(cls, config) -> tuple[str, ...]:
+        """The unified templates; with ``llm_prompts`` (or a ``prompts`` file) the LLM libraries too."""
+        return ("template", "llm") if config.llm_prompts or config.prompts else ("template",)
 
     # options as attributes (what tests and reports read)
     @property
@@ -98,7 +99,7 @@ class AlfaMethod:
         device = self.backbone.device
         return F.normalize(normal.float(), dim=-1).to(device), F.normalize(abnormal.float(), dim=-1).to(device)
 
-    # ------------------------------------------------------------- few-shot (issue 17)
+    # ------------------------------------------------------------- few-shot
     @torch.inference_mode()
     def extract_normals(self, batches: Iterable[torch.Tensor], keep: Collection[int] = ()):
         """Per normal unit (image or tile): the scorer's token sets and image embedding; and the
@@ -114,36 +115,9 @@ class AlfaMethod:
     def covers(self) -> list[None]:
         return [None] * len(self.scorer.layers)
 
-    def set_normals(self, features: Sequence[tuple], coreset: int | None = None, seed: int = 0,
-                    owners: Sequence[int] | None = None) -> None:
-        """Fitted references from :meth:`extract_normals` output (``owners``: the reference image
-        of each unit, default one unit per image); ``coreset`` bounds each token set."""
-        if not features:
-            raise ValueError("no normal reference image to build the memory bank from")
-        images = None if features[0][1] is None else [f[1] for f in features]
-        self.refs = fit_references([f[0] for f in features], images, owners or range(len(features)), self.covers(),
-                                   coreset, seed)
-
-    def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
-        self.set_normals(self.extract_normals(batches)[0], coreset, seed)
-
-    def clear_normals(self) -> None:
-        self.refs = None
-
-    def export_bank(self):
-        """The fitted state (opaque; for :meth:`import_bank`)."""
-        return self.refs
-
-    def import_bank(self, state) -> None:
-        self.refs = state
-
     @property
     def bank(self) -> list[torch.Tensor] | None:
         return None if self.refs is None else self.refs.sets
-
-    @property
-    def bank_size(self) -> int:
-        return 0 if self.refs is None else self.refs.size
 
     def zero_shot_features(self, feats) -> ZeroShotFeatures | None:
         """The class-independent half of the zero-shot pass (None without text)."""

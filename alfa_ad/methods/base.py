@@ -1,14 +1,22 @@
-"""What both methods share: window geometry, output container, map resizing, and the
-reference pass of few-shot fitting."""
+"""The method interface (:class:`Method`) and what every method shares: the few-shot
+reference bank (:class:`ReferenceBank`), window geometry, the output container, map
+resizing and the reference pass of few-shot fitting.
+
+A new method is one module here with a class that satisfies :class:`Method` (usually
+``class MyMethod(ReferenceBank)``) plus one line in :data:`alfa_ad.registry.METHODS`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Collection, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, Collection, Iterable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
+from ..registry import FEW_SHOT_SCORERS
+from ..scoring.fewshot import fit_references
+from ..scoring.fusion import FUSIONS, FusionStats
 from ..scoring.windows import coverage_matrix, make_window_indices
 
 
@@ -91,3 +99,101 @@ def extract_references(batches: Iterable[torch.Tensor], reference_pass: Callable
             kept.append(zero_shot.to("cpu"))
         start += b
     return units, (ZeroShotFeatures.cat(kept) if kept else None)
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What the detector, the engines, export and the backends use of a method.
+
+    Built as ``cls(backbone, scales=..., aligner=..., few_shot_scorer=..., fusion=...,
+    contextual=..., **options)`` (``scales`` and ``contextual`` when the config names
+    them, as a run's record always does).  Every tensor handed back is on the CPU; ``text`` is whatever
+    :meth:`prepare_text` returned, on the model's device.
+    """
+
+    name: ClassVar[str]  # the registry name, recorded in every result
+    peak_of_visual: ClassVar[bool]  # few-shot image score: the visual map's peak (WinCLIP+) or the fused map's
+    backbone: Any
+    scales: tuple[int, ...]  # window sizes in patches
+    contextual: str  # where eq. (4) applies (scoring/placement.py); "off" for methods without it
+    fusion: str  # zero-shot + few-shot fusion ("raw" or "normalized")
+    scorer: Any  # the few-shot scorer (registry.FEW_SHOT_SCORERS)
+
+    @classmethod
+    def default_prompt_sources(cls, config: Any) -> tuple[str, ...]:
+        """Names in :data:`alfa_ad.registry.PROMPT_SOURCES` used when the config names none."""
+
+    def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> Any:
+        """The method's form of a class's raw prompt embeddings ``(N, D)``."""
+
+    def __call__(self, pixels: torch.Tensor, text: Any, fusion: FusionStats | None = None) -> "BatchScores":
+        """Score a batch ``(B, 3, H, W)`` at model resolution."""
+
+    def extract_normals(self, batches: Iterable[torch.Tensor], keep: Collection[int] = ()) -> tuple[list, Any]:
+        """Per reference unit its token sets and image embedding, and the zero-shot features of ``keep``."""
+
+    def covers(self) -> list: ...
+
+    def set_normals(self, features: Sequence[tuple], coreset: int | None = None, seed: int = 0,
+                    owners: Sequence[int] | None = None) -> None: ...
+
+    def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None: ...
+
+    def clear_normals(self) -> None: ...
+
+    def export_bank(self) -> Any: ...
+
+    def import_bank(self, state: Any) -> None: ...
+
+    @property
+    def bank_size(self) -> int: ...
+
+    def zero_shot_scores(self, features: ZeroShotFeatures, text: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-shot map ``(B, P)`` and class-token score ``(B,)`` of kept zero-shot features."""
+
+    def finish(self, patch_map: torch.Tensor, normalized: bool) -> torch.Tensor:
+        """``(B, gh, gw)`` patch map -> maps at model resolution."""
+
+
+class ReferenceBank:
+    """The few-shot half every method shares: the scorer that meets the references, how
+    its results are fused with the zero-shot ones, and the fitted references themselves.
+
+    A method calls :meth:`_init_bank` in its constructor and provides
+    ``extract_normals`` and ``covers`` (which of the scorer's token sets are window sets).
+    """
+
+    def _init_bank(self, backbone: Any, few_shot_scorer: str, memory_layers: Sequence[int] | None, fusion: str,
+                   **scorer_options: Any) -> None:
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.fusion = fusion
+        self.scorer = FEW_SHOT_SCORERS.get(few_shot_scorer)(backbone, memory_layers, **scorer_options)
+        self.refs = None  # fitted references (scoring/fewshot.py:References)
+
+    def set_normals(self, features: Sequence[tuple], coreset: int | None = None, seed: int = 0,
+                    owners: Sequence[int] | None = None) -> None:
+        """Fitted references from :meth:`extract_normals` output (``owners``: the reference image
+        of each unit, default one unit per image); ``coreset`` bounds each token set."""
+        if not features:
+            raise ValueError("no normal reference image to build the memory bank from")
+        images = None if features[0][1] is None else [f[1] for f in features]
+        self.refs = fit_references([f[0] for f in features], images, owners or range(len(features)), self.covers(),
+                                   coreset, seed)
+
+    def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
+        self.set_normals(self.extract_normals(batches)[0], coreset, seed)
+
+    def clear_normals(self) -> None:
+        self.refs = None
+
+    def export_bank(self) -> Any:
+        """The fitted state (opaque; for :meth:`import_bank`)."""
+        return self.refs
+
+    def import_bank(self, state: Any) -> None:
+        self.refs = state
+
+    @property
+    def bank_size(self) -> int:
+        return 0 if self.refs is None else self.refs.size

@@ -19,15 +19,14 @@ import torch
 
 from ..aligners import build_aligner, encode
 from ..model.backbone import ClipBackbone
-from ..registry import FEW_SHOT_SCORERS
-from ..scoring.fewshot import fit_references, image_residual, visual_map
-from ..scoring.fusion import FUSIONS, FusionStats, fuse
+from ..scoring.fewshot import image_residual, visual_map
+from ..scoring.fusion import FusionStats, fuse
 from ..scoring.windows import harmonic_aggregation, harmonic_mean
 from ..scoring.zero_shot import TEMPERATURE, anomaly_probability
-from .base import BatchScores, WindowGeometry, ZeroShotFeatures, extract_references, upsample
+from .base import BatchScores, ReferenceBank, WindowGeometry, ZeroShotFeatures, extract_references, upsample
 
 
-class WinClipMethod:
+class WinClipMethod(ReferenceBank):
     name = "winclip"
     peak_of_visual = True  # anomalib: the image score takes the few-shot map's maximum
 
@@ -55,18 +54,19 @@ class WinClipMethod:
         self.geometry = WindowGeometry(backbone.grid, scales)
         self.temperature = temperature
         self.anomalib_compat = anomalib_compat
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        self.fusion = fusion
         # bank: WinCLIP+'s reference patch tokens and window embeddings; residual: InCTRL-style
-        self.scorer = FEW_SHOT_SCORERS.get(few_shot_scorer)(backbone, memory_layers, windows=True)
-        self.refs = None  # fitted references (scoring/fewshot.py:References)
+        self._init_bank(backbone, few_shot_scorer, memory_layers, fusion, windows=True)
+
+    @classmethod
+    def default_prompt_sources(cls, config) -> tuple[str, ...]:
+        """WinCLIP's compositional ensemble (anomalib's template list under ``anomalib_compat``)."""
+        return ("winclip",)
 
     def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> torch.Tensor:
         """``(2, D)``: mean of the raw normal and of the raw abnormal prompt embeddings."""
         return torch.stack([normal.float().mean(0), abnormal.float().mean(0)]).to(self.backbone.device)
 
-    def _encode(self, pixels: torch.Tensor, capture=()):
+    def window_features(self, pixels: torch.Tensor, capture=()):
         """Image embeddings ``(B, D)``, window embeddings per scale ``(B, n, D)``, the forward pass."""
         feats = encode(self.backbone, pixels, capture)
         state = self.aligner.prepare(feats)
@@ -78,38 +78,18 @@ class WinClipMethod:
             return [None] + list(self.geometry.covers)
         return [None] * len(self.scorer.layers)
 
-    # ------------------------------------------------------------- few-shot (issue 17)
+    # ------------------------------------------------------------- few-shot
     @torch.inference_mode()
     def extract_normals(self, batches: Iterable[torch.Tensor], keep: Collection[int] = ()):
         """Per normal unit (image or tile): the scorer's token sets and image embedding; and the
         zero-shot features of the units in ``keep`` (:func:`~alfa_ad.methods.base.extract_references`)."""
 
         def reference_pass(pixels, rows):
-            g, win, feats = self._encode(pixels, self.scorer.capture)
+            g, win, feats = self.window_features(pixels, self.scorer.capture)
             zero_shot = ZeroShotFeatures(g, win).select(rows) if rows else None
             return self.scorer.tokens(feats.caps, feats.last, win), self.scorer.image(g), zero_shot
 
         return extract_references(batches, reference_pass, keep)
-
-    def set_normals(self, features, coreset: int | None = None, seed: int = 0, owners=None) -> None:
-        """Fitted references from :meth:`extract_normals` output (WinCLIP+ or residual)."""
-        if not features:
-            raise ValueError("no normal reference image to build the memory bank from")
-        images = None if features[0][1] is None else [f[1] for f in features]
-        self.refs = fit_references([f[0] for f in features], images, owners or range(len(features)), self.covers(),
-                                   coreset, seed)
-
-    def fit_normals(self, batches: Iterable[torch.Tensor], coreset: int | None = None, seed: int = 0) -> None:
-        self.set_normals(self.extract_normals(batches)[0], coreset, seed)
-
-    def clear_normals(self) -> None:
-        self.refs = None
-
-    def export_bank(self):
-        return self.refs
-
-    def import_bank(self, state) -> None:
-        self.refs = state
 
     @property
     def ref_patches(self) -> torch.Tensor | None:
@@ -118,10 +98,6 @@ class WinClipMethod:
     @property
     def ref_windows(self) -> list[torch.Tensor] | None:
         return None if self.refs is None or self.scorer.name != "bank" else self.refs.sets[1:]
-
-    @property
-    def bank_size(self) -> int:
-        return 0 if self.refs is None else self.refs.size
 
     def _zero_shot(self, g, windows, text):
         grid, b = self.backbone.grid, g.shape[0]
@@ -145,7 +121,7 @@ class WinClipMethod:
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, text: torch.Tensor, fusion: FusionStats | None = None) -> BatchScores:
         grid = self.backbone.grid
-        g, windows, feats = self._encode(pixels, self.scorer.capture if self.refs is not None else ())
+        g, windows, feats = self.window_features(pixels, self.scorer.capture if self.refs is not None else ())
         patch_map, global_scores = self._zero_shot(g, windows, text)
         scores, normalized = global_scores, False
         if self.refs is not None:

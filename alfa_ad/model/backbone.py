@@ -20,9 +20,7 @@ import torch
 from PIL import Image
 
 from .preprocess import Box, crop, image_to_tensor, resize_to_model
-
-from .names import DEFAULT_MODEL, DEFAULT_PRETRAINED, WEIGHT_CHOICES  # noqa: F401  (re-exported)
-from .weights import WeightsInfo, WeightsUnavailableError  # noqa: F401  (re-exported)
+from .weights import WeightsInfo
 
 
 def auto_device(device: str | None = None) -> torch.device:
@@ -61,6 +59,23 @@ class ClipBackbone:
         self.mean = tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
         self.std = tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
         self._fingerprint: str | None = None
+        self._visual_fingerprint: str | None = None
+
+    @property
+    def visual_fingerprint(self) -> str:
+        """Identity of the image tower's weights (what an exported model was made from): the
+        weights file's SHA-256 when the weights came from a file, else a blake2b digest of
+        every ``visual.*`` tensor's name, shape and bytes (computed once: seconds for ViT-B)."""
+        if self.weights.sha256:
+            return f"file-sha256:{self.weights.sha256}"
+        if self._visual_fingerprint is None:
+            h = hashlib.blake2b(digest_size=16)
+            for name, t in sorted(self.clip.state_dict().items()):
+                if name.startswith("visual."):
+                    h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+                    h.update(t.detach().cpu().float().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._visual_fingerprint = "blake2b:" + h.hexdigest()
+        return self._visual_fingerprint
 
     # ------------------------------------------------------------------ text
     @property

@@ -1,4 +1,4 @@
-"""Batch size chosen by memory (``--batch-size auto``, issue 14).
+"""Batch size chosen by memory (``--batch-size auto``).
 
 On a device that reports its memory (CUDA), two probe batches of 1 and 2 blank images
 measure what a batch costs: the peak allocated above what was allocated before, so

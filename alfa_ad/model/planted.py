@@ -185,6 +185,16 @@ def build_planted_clip():
 
 
 def _vision(v) -> None:
+    """The vision tower's hand-set weights: tokens, three blocks, the joint projection."""
+    s, big, root = _vision_tokens(v)
+    b0, b1, b2 = v.transformer.resblocks
+    _paint_block(b0, s, big)
+    _mixing_block(b1, s, big, root)
+    _last_block(b2, s, big, root)
+    _joint_projection(v)
+
+
+def _vision_tokens(v) -> tuple[float, float, float]:
     # ---- tokens: colour (minus CLIP's mean), bias, positional code; class token: class axis
     for c in range(3):
         v.conv1.weight[COLOUR[c], c] = CLIP_STD[c] / (PATCH * PATCH)
@@ -200,8 +210,10 @@ def _vision(v) -> None:
     s = ((2 * BIAS_VALUE**2 + 2 * 2 * len(OMEGAS)) / WIDTH) ** 0.5
     big = BIAS_VALUE / s  # the bias in the residual stream
     root = WIDTH**0.5  # attention divides logits by sqrt(d_head)
-    b0, b1, b2 = v.transformer.resblocks
+    return s, big, root
 
+
+def _paint_block(b0, s: float, big: float) -> None:
     # ---- block 0: attention off; MLP: colour differences -> paint cue h (clipped to
     # [0, SATURATION]), which rotates the (cue, bias) pair by phi = CUE_ANGLE * h / SATURATION:
     # cue += B sin(phi), bias += B (cos(phi) - 1), as a piecewise-linear function of h with
@@ -224,6 +236,8 @@ def _vision(v) -> None:
                 _pair(b0.mlp.c_proj.weight, axis, anti, unit, change / RAMP)
             unit += 1
 
+
+def _mixing_block(b1, s: float, big: float, root: float) -> None:
     # ---- block 1: positional attention (patches: local; class token: uniform, it has no
     # code); the attended (cue, bias) pair is added, then the MLP divides the pair by 1 + gain
     wq, wk, wv = b1.attn.in_proj_weight.chunk(3)
@@ -244,6 +258,8 @@ def _vision(v) -> None:
             b1.mlp.c_fc.weight[unit, axis], b1.mlp.c_fc.weight[unit, anti] = sign / 2, -sign / 2
             _pair(b1.mlp.c_proj.weight, axis, anti, unit, -sign * shrink * sigma)
 
+
+def _last_block(b2, s: float, big: float, root: float) -> None:
     # ---- block 2 (last): the class query prefers central patches (lowest-frequency code);
     # patch queries and keys read position (local, like block 1) and content (the cue:
     # paint attends to paint).  Values: cue + constant offset, and the bias.
@@ -270,6 +286,8 @@ def _vision(v) -> None:
     _pair(b2.attn.out_proj.weight, BIAS, ANTI_BIAS, 1, VALUE_BIAS)
     torch.nn.init.zeros_(b2.mlp.c_proj.weight)
 
+
+def _joint_projection(v) -> None:
     # ---- joint space: e0 abnormal (cue), e1 normal, e2 shared (bias)
     v.proj[CUE, 0], v.proj[ANTI_CUE, 0] = JOINT_CUE, -JOINT_CUE
     v.proj[BIAS, 1], v.proj[ANTI_BIAS, 1] = 1.0, -1.0

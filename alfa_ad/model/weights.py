@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .._version import __version__
+
 OPEN_CLIP_URL_CACHE = Path("~/.cache/clip").expanduser()
 MANIFEST_SUFFIX = ".json"
 
@@ -303,10 +305,6 @@ def export_safetensors(source: str | os.PathLike[str], model: str, tag: str, fol
         os.replace(partial, target)  # a reader never sees half a file
     finally:
         partial.unlink(missing_ok=True)
-    try:
-        from .. import __version__
-    except ImportError:  # pragma: no cover
-        __version__ = "unknown"
     manifest = {"model": model, "pretrained": tag, "file": target.name, "sha256": sha256_file(target),
                 "bytes": target.stat().st_size, "source": str(source),
                 "mean": list(ref.mean) if ref and ref.mean else None, "std": list(ref.std) if ref and ref.std else None,

@@ -48,11 +48,37 @@ class PromptSet:
 
 @runtime_checkable
 class PromptSource(Protocol):
-    """Anything with a ``name`` and a ``prompts(class_name) -> PromptSet``."""
+    """Anything with a ``name`` and a ``prompts(class_name) -> PromptSet``.
+
+    Optional members, read through the functions below (a source without them gets the
+    default):
+
+    - ``maps_classes`` (default False): the source answers for the library class that
+      ``Detector.set_prompt_class`` (``--prompt-class``) names instead of the folder's;
+    - ``explains`` (default True): its prompts are candidates ``--explain`` ranks
+      (template sources set it False: a template explains nothing);
+    - ``descriptors(class_name) -> list[str]`` (default none): further descriptions to rank.
+    """
 
     name: str
 
     def prompts(self, class_name: str) -> PromptSet: ...
+
+
+def maps_classes(source: PromptSource) -> bool:
+    """Whether ``source`` answers for a ``--prompt-class`` library class."""
+    return bool(getattr(source, "maps_classes", False))
+
+
+def explains(source: PromptSource) -> bool:
+    """Whether ``source``'s prompts are explanation candidates."""
+    return bool(getattr(source, "explains", True))
+
+
+def source_descriptors(source: PromptSource, class_name: str) -> list[str]:
+    """``source``'s descriptors of ``class_name`` (none when it has no ``descriptors``)."""
+    describe = getattr(source, "descriptors", None)
+    return list(describe(class_name)) if describe is not None else []
 
 
 def tagged(normal: Iterable[str], abnormal: Iterable[str], source: str) -> PromptSet:

@@ -268,3 +268,9 @@ class LearnedPromptSource:
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
+
+
+def learned_sources(config: Any, backbone: Any = None) -> list[LearnedPromptSource]:
+    """The ``learned`` entry of :data:`alfa_ad.registry.PROMPT_SOURCES`: the config's
+    ``learned`` file, checked against ``backbone``."""
+    return [LearnedPromptSource.load(config.learned, backbone)]

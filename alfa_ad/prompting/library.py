@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._version import __version__
 from ..io.atomic import atomic_write_text
 from ..io.paths import read_text_file
 from .base import PromptSet, tagged
@@ -39,7 +40,7 @@ from .templates import readable_class_name
 
 __all__ = [
     "FORMAT", "VERSION", "TOOL", "LibraryError", "new_library", "validate_library",
-    "load_library", "save_library", "class_key", "find_class", "LLMPromptSource",
+    "load_library", "save_library", "class_key", "find_class", "LLMPromptSource", "shipped_libraries", "library_sources",
 ]
 
 FORMAT = "alfa-ad-prompts"
@@ -51,21 +52,12 @@ class LibraryError(ValueError):
     """A prompt-library file that cannot be used; the message is one line naming the file."""
 
 
-def _version() -> str:
-    try:
-        from .. import __version__
-
-        return str(__version__)
-    except Exception:  # pragma: no cover - partially initialised package
-        return "unknown"
-
-
 def new_library() -> dict[str, Any]:
     """An empty library in the current format."""
     return {
         "format": FORMAT,
         "version": VERSION,
-        "generator": {"tool": TOOL, "alfa_ad_version": _version()},
+        "generator": {"tool": TOOL, "alfa_ad_version": __version__},
         "classes": {},
     }
 
@@ -148,6 +140,8 @@ class LLMPromptSource:
     combined with the template sources without failing on classes it lacks.
     """
 
+    maps_classes = True  # answers for the library class --prompt-class names
+
     def __init__(self, library: dict[str, Any] | str | os.PathLike[str], name: str = "llm") -> None:
         if isinstance(library, (str, os.PathLike)):
             library = load_library(library)
@@ -175,3 +169,16 @@ class LLMPromptSource:
     def descriptors(self, class_name: str) -> list[str]:
         entry = self._entry(class_name)
         return [] if entry is None else list(entry.get("descriptors", []))
+
+
+def shipped_libraries() -> list[Path]:
+    """Prompt libraries shipped in the repository's ``prompts/`` (or ``$ALFA_AD_PROMPTS``)."""
+    folder = Path(os.environ.get("ALFA_AD_PROMPTS", Path(__file__).resolve().parents[2] / "prompts"))
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def library_sources(config: Any, backbone: Any = None) -> list[LLMPromptSource]:
+    """The ``llm`` entry of :data:`alfa_ad.registry.PROMPT_SOURCES`: the config's ``prompts``
+    file, else every shipped library."""
+    files = [Path(config.prompts)] if config.prompts else shipped_libraries()
+    return [LLMPromptSource(load_library(f)) for f in files]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import PromptSet, tagged
 
 # WinCLIP's compositional prompt ensemble (Jeong et al., CVPR'23, appendix):
@@ -71,6 +73,7 @@ class AlfaTemplateSource:
     """ALFA's unified-template prompts (the base detector of paper section 4.2)."""
 
     name = "template"
+    explains = False
 
     def prompts(self, class_name: str) -> PromptSet:
         c = readable_class_name(class_name)
@@ -83,6 +86,7 @@ class WinClipEnsembleSource:
     """WinCLIP's compositional prompt ensemble (7 x 22 normal, 4 x 22 abnormal)."""
 
     name = "winclip"
+    explains = False
 
     def __init__(self, templates: tuple[str, ...] = WINCLIP_TEMPLATES) -> None:
         self.templates = templates
@@ -92,3 +96,14 @@ class WinClipEnsembleSource:
         normal = [t.format(s.format(c)) for s in WINCLIP_NORMAL_STATES for t in self.templates]
         abnormal = [t.format(s.format(c)) for s in WINCLIP_ABNORMAL_STATES for t in self.templates]
         return tagged(normal, abnormal, self.name)
+
+
+def template_sources(config: Any, backbone: Any = None) -> list[AlfaTemplateSource]:
+    """The ``template`` entry of :data:`alfa_ad.registry.PROMPT_SOURCES`."""
+    return [AlfaTemplateSource()]
+
+
+def winclip_sources(config: Any, backbone: Any = None) -> list[WinClipEnsembleSource]:
+    """The ``winclip`` entry: the ensemble, anomalib's template list under ``anomalib_compat``."""
+    compat = bool(config.options.get("anomalib_compat"))
+    return [WinClipEnsembleSource(WINCLIP_TEMPLATES_ANOMALIB if compat else WINCLIP_TEMPLATES)]

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from .._version import __version__
 from ..io.images import ImageLoadError, load_image_bytes
 from .batcher import MicroBatcher, QueueFull
 from .config import ServiceOptions
@@ -134,7 +135,7 @@ def create_app(source: Union[ScoringService, Loader], options: ServiceOptions, *
         finally:
             await state.batcher.stop()
 
-    app = FastAPI(title="alfa-ad", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="alfa-ad", version=__version__, lifespan=lifespan,
                   description="Training-free visual anomaly detection (ALFA, WinCLIP): score images over HTTP.")
     app.state.server = state
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(options.max_body_mb * 1_000_000))
@@ -254,8 +255,3 @@ def create_app(source: Union[ScoringService, Loader], options: ServiceOptions, *
 
     return app
 
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__

@@ -60,7 +60,7 @@ class ServiceOptions(BaseModel):
     @field_validator("classes", mode="before")
     @classmethod
     def _classes(cls, value: Any) -> list[str]:
-        from ..prompting.llm import resolve_classes
+        from ..llm.generate import resolve_classes
 
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)

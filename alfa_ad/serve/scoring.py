@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..detector import Detector
 from ..results import DetectionResult
 from .config import ServiceOptions, build_detector
