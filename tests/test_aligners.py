@@ -145,6 +145,9 @@ class GlobalForEveryWindow(MaskedAligner):
     def forward(self, features, state, windows):
         return features.g.unsqueeze(1).expand(-1, windows.shape[0], -1)
 
+    def window_embeddings(self, features, state, windows):
+        return [self(features, state, w) for w in windows]
+
 
 def _upsample_align_corners(patch_maps, size):
     return F.interpolate(patch_maps.unsqueeze(1).float(), size=size, mode="bilinear",

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from alfa_ad.aligners import build_aligner, encode
+from alfa_ad.aligners.masked import MaskedAligner
 from alfa_ad.model import ClipBackbone, WeightsInfo, WeightsUnavailableError, load_backbone
 from alfa_ad.model.planted import ANTI_CUE, CUE, NORM
 from alfa_ad.scoring.windows import make_window_indices
@@ -88,8 +89,46 @@ def test_chunking_does_not_change_window_embeddings(planted_backbone, make_spot_
     pixels, _, _ = _features(bb, [make_spot_image()[0]])
     windows = make_window_indices(bb.grid, 3)
     torch.testing.assert_close(_windows(bb, "value", pixels, windows, chunk=7), _windows(bb, "value", pixels, windows))
-    torch.testing.assert_close(_windows(bb, "masked", pixels, windows[:20], chunk=3),
+    torch.testing.assert_close(_windows(bb, "masked", pixels, windows[:20], max_tokens=30),  # 3 windows a call
                                _windows(bb, "masked", pixels, windows[:20]))
+
+
+@pytest.mark.parametrize("max_tokens", [4096, 64, 1])
+def test_packed_masked_windows_equal_the_towers_own_blocks(planted_backbone, make_spot_image, monkeypatch, max_tokens):
+    """The packed path (every scale and image in one token matrix, attention per window, the
+    last block's MLP for class tokens only) gives the vision tower's own forward per window;
+    attention across the packed row (a wrong packing) does not."""
+    from alfa_ad.aligners import masked
+
+    bb = planted_backbone
+    images = [make_spot_image()[0], make_spot_image(seed=3)[0]]
+    feats = encode(bb, bb.preprocess([Image.fromarray(im) for im in images]))
+    scales = [make_window_indices(bb.grid, s) for s in (2, 3, 4)]
+    packed = MaskedAligner(bb, max_tokens=max_tokens)
+    assert packed.packed
+    reference = MaskedAligner(bb)
+    reference.packed = False  # each window through the tower's transformer (nn.MultiheadAttention)
+    with torch.inference_mode():
+        want = reference.window_embeddings(feats, None, scales)
+        got = packed.window_embeddings(feats, None, scales)
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+        one_window = masked._attention
+
+        def across_the_row(block, h, shapes, classes_only=False):  # a wrong packing: no window bounds
+            out = one_window(block, h, [(1, h.shape[1])])
+            if classes_only:
+                out = out[:, [start + j * length for (n, length), start in zip(shapes, masked._starts(shapes))
+                              for j in range(n)]]
+            return out
+
+        monkeypatch.setattr(masked, "_attention", across_the_row)
+        leaked = packed.window_embeddings(feats, None, scales)
+    leak = max(float((lk - w).abs().max()) for lk, w in zip(leaked, want))
+    if max_tokens == 1:  # one window a call: the row is the window, nothing to leak into
+        assert leak < 1e-5
+    else:
+        assert leak > 1e-2
 
 
 def _patch_red_fraction(mask: np.ndarray, bb: ClipBackbone) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from alfa_ad import Detector
-from alfa_ad.scoring.tiling import EDGE_WEIGHT, parse_tile, plan_tiles, stitch, tent
+from alfa_ad.scoring.tiling import EDGE_WEIGHT, MAX_TILES, STRIP_TILES, parse_tile, plan_tiles, stitch, tent
 
 from conftest import spot_image
 
@@ -20,10 +20,10 @@ def _covers(boxes, h, w):
     return seen
 
 
-@pytest.mark.parametrize("h, w", [(500, 1250), (60, 4000), (2048, 2048), (1250, 500)])
+@pytest.mark.parametrize("h, w", [(500, 1250), (1250, 500), (600, 2000)])
 def test_auto_tiles_are_square_cover_the_image_and_overlap(h, w):
     boxes = plan_tiles(h, w, 240, "auto")
-    assert boxes is not None
+    assert boxes is not None and len(boxes) <= MAX_TILES
     sides = {(b - t, r - l) for t, l, b, r in boxes}
     assert len(sides) == 1 and len({*next(iter(sides))}) == 1  # one square size
     side = next(iter(sides))[0]
@@ -33,6 +33,40 @@ def test_auto_tiles_are_square_cover_the_image_and_overlap(h, w):
     # neighbours along an axis overlap by at least a quarter tile
     lefts = sorted({l for _, l, _, _ in boxes})
     assert all(b - a <= 0.75 * side + 1 for a, b in zip(lefts, lefts[1:]))
+
+
+@pytest.mark.parametrize("h, w, n, piece", [(60, 4000, 2, (60, 2286)), (3000, 40, 2, (1715, 40)),
+                                            (200, 500, 2, (200, 286)), (4000, 300, 9, (572, 300))])
+def test_thin_and_long_images_get_a_few_full_width_pieces(h, w, n, piece):
+    """Hand-checked: 4000 px in 2 pieces overlapping by a quarter: ceil(4000 / 1.75) = 2286.
+    4000 x 300 would need 18 squares of 300; pieces of at most 2 x 300 = 600 px: 9 of 572."""
+    boxes = plan_tiles(h, w, 240, "auto")
+    assert len(boxes) == n and {(b - t, r - l) for t, l, b, r in boxes} == {piece}
+    assert (_covers(boxes, h, w) >= 1).all()
+    long = max(h, w)
+    starts = sorted(t if h > w else l for t, l, _, _ in boxes)
+    assert starts[0] == 0 and starts[-1] + max(piece) == long
+
+
+@pytest.mark.parametrize("h, w", [(2048, 2048), (4000, 4000), (300, 20000), (61, 100000), (3000, 3000)])
+def test_auto_never_uses_more_than_the_budget(h, w):
+    boxes = plan_tiles(h, w, 240, "auto")
+    assert boxes is not None and len(boxes) <= (STRIP_TILES if min(h, w) < 240 else MAX_TILES)
+    assert (_covers(boxes, h, w) >= 1).all()
+    if h == w:  # a large square image: bigger squares, not more (2048: 16 of 646 instead of 36 of 480)
+        sides = {(b - t, r - l) for t, l, b, r in boxes}
+        assert len(sides) == 1 and len(boxes) == MAX_TILES
+
+
+def test_an_explicit_tile_size_is_not_bounded():
+    assert len(plan_tiles(60, 4000, 240, 60)) == 89  # ceil((4000 - 60) / 45) + 1
+
+
+def test_rectangular_tent_is_separable_and_a_square_one_unchanged():
+    assert torch.equal(tent(30), tent(30, 30))
+    w = tent(10, 40)
+    assert w.shape == (10, 40) and torch.allclose(w, w[:, 20:21] * w[5:6, :] / w[5, 20])
+    assert float(w.max()) == pytest.approx(float(tent(10)[5, 5] * tent(40)[20, 20]) ** 0.5, rel=1e-6)
 
 
 def test_auto_leaves_ordinary_images_whole_and_none_never_tiles():

@@ -98,6 +98,11 @@ class Aligner(nn.Module):
     def forward(self, features: Features, state: Any, windows: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def window_embeddings(self, features: Features, state: Any, windows: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Local embeddings ``(B, n_s, D)`` for each scale's windows (default: :meth:`forward`
+        once per scale; an aligner may pack the scales together)."""
+        return [self(features, state, w) for w in windows]
+
     def window_index(self, windows: torch.Tensor) -> torch.Tensor:
         """Token indices ``(n, 1 + k)`` of each window: the class token (0), then the window's
         patches (patch ``p`` is token ``p + 1``)."""

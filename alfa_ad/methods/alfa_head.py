@@ -110,7 +110,7 @@ class AlfaHead(nn.Module):
     def local_embeddings(self, features: Features) -> list[torch.Tensor]:
         """The aligner's local embeddings ``(B, n_s, D)`` for each scale."""
         state = self.aligner.prepare(features)
-        return [self.aligner(features, state, windows) for windows, _ in self.geometry()]
+        return self.aligner.window_embeddings(features, state, [windows for windows, _ in self.geometry()])
 
     def window_map(self, g: torch.Tensor, local: torch.Tensor, classes: torch.Tensor, cover: torch.Tensor,
                    projection: Optional[str] = None) -> torch.Tensor:

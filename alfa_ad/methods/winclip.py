@@ -70,7 +70,7 @@ class WinClipMethod(ReferenceBank):
         """Image embeddings ``(B, D)``, window embeddings per scale ``(B, n, D)``, the forward pass."""
         feats = encode(self.backbone, pixels, capture)
         state = self.aligner.prepare(feats)
-        windows = [self.aligner(feats, state, w) for w in self.geometry.windows]
+        windows = self.aligner.window_embeddings(feats, state, self.geometry.windows)
         return feats.g, windows, feats
 
     def covers(self) -> list:
