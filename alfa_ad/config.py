@@ -7,24 +7,44 @@ No torch here; defaults for the model name live in :mod:`alfa_ad.model.names`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .presets import preset_fields
-from .scoring.placement import parse_placement
+from .presets import PRESETS, preset_fields
+from .scoring.placement import PLACEMENTS, parse_placement
 from .registry import ALIGNERS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, FEW_SHOT_SCORERS, METHODS, PROMPT_SOURCES
+
+
+class ConfigFieldError(ValueError):
+    """A bad value of one :class:`DetectorConfig` field.  ``str()`` is the one-line message;
+    ``field`` and ``problem`` (the message without the field, e.g. ``must be one of alfa,
+    winclip, got 'x'``) let a front end name the field its own way (``--few-shot-scorer``)."""
+
+    def __init__(self, field: str, problem: str, message: str | None = None) -> None:
+        super().__init__(message or f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _choice(field: str, value: Any, choices: Iterable[str], check: Callable[[Any], Any]) -> Any:
+    """``check(value)``, its ValueError (message kept) as a :class:`ConfigFieldError` of ``field``."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ConfigFieldError(field, f"must be one of {', '.join(choices)}, got {value!r}", str(exc)) from None
 
 
 def parse_batch_size(value: int | str) -> int | str:
     """An integer >= 1 or ``"auto"`` (batch size chosen by memory); a one-line error otherwise."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
+    problem = f"must be an integer >= 1 or auto, got {value!r}"
     try:
         size = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"batch_size must be an integer >= 1 or auto, got {value!r}") from None
+        raise ConfigFieldError("batch_size", problem) from None
     if size < 1 or (isinstance(value, float) and value != size):
-        raise ValueError(f"batch_size must be an integer >= 1 or auto, got {value!r}")
+        raise ConfigFieldError("batch_size", problem)
     return size
 
 
@@ -63,23 +83,23 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         if self.preset is not None:
-            for name, value in preset_fields(self.preset).items():
+            for name, value in _choice("preset", self.preset, PRESETS, preset_fields).items():
                 setattr(self, name, {**self.options, **value} if name == "options" else value)
         if self.contextual is not None:
-            self.contextual = parse_placement(self.contextual)
-        METHODS.check(self.method)
-        ALIGNERS.check(self.aligner)
-        FEW_SHOT_SCORERS.check(self.few_shot_scorer)
+            self.contextual = _choice("contextual", self.contextual, PLACEMENTS, parse_placement)
+        for name, registry in (("method", METHODS), ("aligner", ALIGNERS), ("few_shot_scorer", FEW_SHOT_SCORERS)):
+            _choice(name, getattr(self, name), registry.names(), registry.check)
         if self.fusion not in ("normalized", "raw"):
-            raise ValueError(f"fusion must be normalized or raw, got {self.fusion!r}")
+            raise ConfigFieldError("fusion", f"must be normalized or raw, got {self.fusion!r}")
         if self.scales is not None:
             self.scales = tuple(int(s) for s in self.scales)
         if self.prompt_sources is not None:
             if isinstance(self.prompt_sources, str):
                 self.prompt_sources = tuple(n.strip() for n in self.prompt_sources.split(",") if n.strip())
-            self.prompt_sources = tuple(PROMPT_SOURCES.check(str(n)) for n in self.prompt_sources)
+            self.prompt_sources = tuple(_choice("prompt_sources", str(n), PROMPT_SOURCES.names(), PROMPT_SOURCES.check)
+                                        for n in self.prompt_sources)
             if not self.prompt_sources:
-                raise ValueError("prompt_sources names no source; leave it out for the method's defaults")
+                raise ConfigFieldError("prompt_sources", "names no source; leave it out for the method's defaults")
         self.tile = str(self.tile)
         self.batch_size = parse_batch_size(self.batch_size)
         self.options = dict(self.options)

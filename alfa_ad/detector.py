@@ -131,6 +131,10 @@ class Detector(ReferenceFitting, ClassStates):
         return self.backbone.weights.label
 
     # ------------------------------------------------------------ tiles
+    def tile_count(self, width: int, height: int) -> int:
+        """Model passes an image of ``width x height`` costs under the ``tile`` option (1: whole)."""
+        return len(plan_tiles(height, width, min(self.backbone.image_size), self.config.tile) or [None])
+
     def _units(self, images: Sequence[Image.Image]) -> tuple[list[list[int]], list[tuple[int, Any]]]:
         """Per image the indices of its units, and the units ``(image index, box or None)``."""
         side = min(self.backbone.image_size)

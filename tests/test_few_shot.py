@@ -393,6 +393,19 @@ def test_cli_too_few_references_is_said_up_front(mvtec_root, tmp_path):
     assert not out.exists()
 
 
+def test_cli_class_with_too_few_references_is_skipped_with_the_shared_message(mvtec_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(mvtec_root, data)
+    shutil.copytree(mvtec_root / "widget" / "test", data / "gadget" / "test")  # no train split
+    out = tmp_path / "out"
+    result = invoke("run", "--data", data, "--out", out, "--shots", 2, *FAST)
+    assert result.exit_code == 0, result.output
+    message = (f"class 'gadget' has 0 normal images ({data / 'gadget' / 'train' / 'good'}: no normal training "
+               "images for class 'gadget') but --shots 2 asks for 2; the class is skipped")
+    assert message in json.loads((out / "scores.json").read_text())["warnings"]
+    assert set(_metrics(out)["classes"]) == {"widget"}
+
+
 def test_cli_all_shots_with_coreset(mvtec_root, tmp_path):
     out = tmp_path / "out"
     result = invoke("run", "--data", mvtec_root, "--out", out, "--shots", "all", "--coreset", 50, *FAST)

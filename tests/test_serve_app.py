@@ -164,3 +164,37 @@ def test_few_shot_classes_have_their_own_bank_and_thresholds_on_one_backbone(tmp
         # the classes' banks differ: the same image scores differently
         same = png_bytes(test_images[1])
         assert _detect(c, same, "bottle").json()["score"] != _detect(c, same, "hazelnut").json()["score"]
+
+
+def test_too_few_references_fail_the_build_on_one_line_like_the_cli(tmp_path):
+    _write(tmp_path / "data" / "bottle" / "train" / "good", [grey_texture(120, 160, seed=s) for s in range(2)])
+    opts = ServiceOptions(classes=["bottle"], shots="3", data=tmp_path / "data")
+    with pytest.raises(ValueError) as err:
+        ScoringService.build({"weights": "planted", "device": "cpu"}, opts)
+    assert str(err.value) == (f"class 'bottle' has 2 normal images (the train split of bottle in {tmp_path / 'data'}) "
+                              "but --shots 3 asks for 3")
+    with pytest.raises(ValueError, match=r"^class 'bottle': --shots 2 needs --normals or --data$"):
+        ScoringService.build({"weights": "planted", "device": "cpu"}, ServiceOptions(classes=["bottle"], shots="02"))
+
+
+def test_tile_budget_answers_413_before_the_queue_and_bounded_strips_pass(service, planted_backbone):
+    """``max_tiles`` is the per-request cost budget: an image whose tiling plan needs more
+    model passes is refused with 413 naming the numbers; the auto plan's strips (2 pieces)
+    and plain images are served, and so are the requests after a refused one."""
+    small_tiles = ScoringService({"bottle": Detector(planted_backbone, batch_size=8, tile="40")}, {})
+    big = png_bytes(grey_texture(400, 400))
+    strip = png_bytes(spot_image(60, 4000, box=(10, 1000, 50, 1100))[0])
+    with ThreadedServer(create_app(small_tiles, ServiceOptions(max_tiles=16))) as s, \
+            httpx.Client(base_url=s.url, timeout=120) as c:
+        need = small_tiles.detectors["bottle"].tile_count(400, 400)
+        assert need > 16
+        refused = _detect(c, big)
+        assert refused.status_code == 413
+        assert refused.json()["detail"] == (f"image 400x400 would cost {need} model passes (tiles), "
+                                            "the per-request budget is max_tiles=16")
+        assert _detect(c, png_bytes(grey_texture(40, 40))).status_code == 200  # the server goes on
+    with ThreadedServer(create_app(service, ServiceOptions(max_tiles=2))) as s, \
+            httpx.Client(base_url=s.url, timeout=120) as c:
+        body = _detect(c, strip).json()
+        assert body["tiles"] == 2  # the bounded auto plan fits a budget of 2
+        assert _detect(c, png_bytes(grey_texture(64, 64))).json()["tiles"] == 1

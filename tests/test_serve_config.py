@@ -101,9 +101,9 @@ def test_cli_rejects_bad_options_before_serving(tmp_path, args, words):
 
 
 def test_cli_options_override_the_config_file(tmp_path):
-    from alfa_ad.cli.serve import _record
+    from alfa_ad.cli.serve import merged_record
 
     (tmp_path / "c.yaml").write_text("classes: [bottle, cable]\nport: 9000\nweights: planted\n")
-    record = _record(tmp_path / "c.yaml", {"port": 9100, "class_name": "screw", "weights": None})
+    record = merged_record(tmp_path / "c.yaml", {"port": 9100, "class_name": "screw", "weights": None})
     det, opts = split_record(record)
     assert opts.port == 9100 and opts.classes == ["screw"] and det["weights"] == "planted"

@@ -13,7 +13,7 @@ from .._version import __version__
 from ..io.datasets import discover
 from ..io.images import InputError
 from ..model.names import DEFAULT_PRETRAINED
-from .common import _print_table, WEIGHTS_HELP, app, console, fail, say
+from .common import print_table, WEIGHTS_HELP, app, console, fail, say
 from .run_support import build_detector, check_device, check_out, name_map
 
 
@@ -81,5 +81,5 @@ def ablate(
         header["prompt classes"] = ", ".join(f"{k}={v}" for k, v in libs.items())
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_ablation(out, rows, header)
-    _print_table(ablation_rows(rows), f"alfa-ad ablation - {detector.weights_label}")
+    print_table(ablation_rows(rows), f"alfa-ad ablation - {detector.weights_label}")
     say(f"{len(rows)} configurations; {csv_path} and {md_path}")

@@ -24,7 +24,7 @@ def say(message: str) -> None:
     console.print(message, soft_wrap=True, highlight=False, markup=False)
 
 
-def _parse_ints(text: str, what: str, minimum: int = 1) -> tuple[int, ...]:
+def parse_ints(text: str, what: str, minimum: int = 1) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -34,7 +34,7 @@ def _parse_ints(text: str, what: str, minimum: int = 1) -> tuple[int, ...]:
     return values
 
 
-def _print_table(rows: list[list[str]], title: str) -> None:
+def print_table(rows: list[list[str]], title: str) -> None:
     table = Table(title=escape(title))
     for i, head in enumerate(rows[0]):  # class names wrap instead of being cut with an ellipsis
         table.add_column(head, justify="left" if i == 0 else "right", overflow="fold" if i == 0 else "ellipsis",

@@ -12,8 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..io.images import InputError
 from ..model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..references import Shots, ShotsError, choose_references, parse_shots, pool_shortfall
 from .common import WEIGHTS_HELP, app, console, fail, say
-from .run_support import check_device, choose_references, discover_data, name_map, reference_pools
+from .run_support import check_device, discover_data, name_map, reference_pools
 
 
 def _relative(path: Path, bases: list[Path]) -> str:
@@ -56,13 +57,14 @@ def learn_prompts_cmd(
 ) -> None:
     """Learn normal and abnormal prompt context vectors (PromptAD-style) on the frozen model from
     k normal images per class; write the learned embeddings for 'alfa-ad run --learned FILE'."""
-    from ..learning import LearnConfig, learn_prompts
+    from ..learning import LearnConfig
     from ..model.factory import load_backbone
     from ..model.weights import WeightsUnavailableError
 
-    if shots != "all" and not (shots.isdigit() and int(shots) >= 1):
-        fail(f"--shots must be a number of at least 1 or 'all', got {shots!r}")
-    shots = shots if shots == "all" else str(int(shots))
+    try:
+        k = parse_shots(shots, minimum=1)
+    except ShotsError as exc:
+        fail(str(exc))
     if out.is_dir():
         fail(f"{out}: --out must be a file name, and a folder has that name")
     if normals is not None and not normals.is_dir():
@@ -80,41 +82,15 @@ def learn_prompts_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    dataset, _, plain = discover_data(data, classes)
-    names = name_map(class_name, list(dataset), "--class-name")
-    pools = reference_pools(data, normals, list(dataset), plain)
-    need = None if shots == "all" else int(shots)
-    chosen: dict[str, list[Path]] = {}
-    image_names: dict[str, list[str]] = {}
-    bases = [b for b in (normals, data if data.is_dir() else data.parent) if b is not None]
-    for cls, (pool, where) in pools.items():
-        if len(pool) < (need or 1):
-            say(f"class {cls!r} skipped: {len(pool)} normal images ({where}), --shots {shots}")
-            continue
-        key = names.get(cls, cls)
-        chosen[key] = choose_references(pool, shots, seed)
-        image_names[key] = [_relative(p, bases) for p in chosen[key]]
-    if not chosen:
-        fail(f"no class has enough normal images for --shots {shots}")
+    chosen, image_names = choose_shots(data, normals, classes, class_name, k, seed)
     try:
         backbone = load_backbone(model, pretrained, checkpoint=checkpoint, weights=weights, seed=seed, device=device)
     except (WeightsUnavailableError, ValueError) as exc:
         fail(str(exc))
-    say(f"alfa-ad learn-prompts: {len(chosen)} class(es), {shots} shot(s), seed {seed}, "
+    say(f"alfa-ad learn-prompts: {len(chosen)} class(es), {k} shot(s), seed {seed}, "
         f"{config.epochs} epochs on {backbone.device}, {backbone.weights.label}")
     t0 = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console) as progress:
-        tasks = {c: progress.add_task(f"learning {escape(c)}", total=config.epochs, loss="-") for c in chosen}
-
-        def on_epoch(cls: str, epoch: int, total: int, loss: float) -> None:
-            progress.update(tasks[cls], completed=epoch, loss=f"{loss:.4f}")
-
-        try:
-            learned = learn_prompts(backbone, chosen, config, seed=seed, k=shots, image_names=image_names,
-                                    on_epoch=on_epoch)
-        except (InputError, ValueError) as exc:
-            fail(str(exc))
+    learned = learn_with_progress(backbone, chosen, config, seed, k, image_names)
     out.parent.mkdir(parents=True, exist_ok=True)
     learned.save(out)
     for cls, info in learned.meta["classes"].items():
@@ -123,3 +99,45 @@ def learn_prompts_cmd(
             f"-> {info['final_loss']:.4f} in {info['epochs_run']} epochs")
     say(f"wrote {out} in {time.perf_counter() - t0:.1f} s ({backbone.weights.label}); "
         f"use it with: alfa-ad run --learned {out} ...")
+
+
+def choose_shots(data: Path, normals: Optional[Path], classes: Optional[str], class_name: Optional[str], shots: Shots,
+                 seed: int) -> tuple[dict[str, list[Path]], dict[str, list[str]]]:
+    """Per class (by its prompt name), the normal images drawn as ``alfa-ad run --shots k --seed s``
+    draws them, and their names in the file; a class with too few is skipped, none left an error."""
+    dataset, _, plain = discover_data(data, classes)
+    names = name_map(class_name, list(dataset), "--class-name")
+    pools = reference_pools(data, normals, list(dataset), plain)
+    chosen: dict[str, list[Path]] = {}
+    image_names: dict[str, list[str]] = {}
+    bases = [b for b in (normals, data if data.is_dir() else data.parent) if b is not None]
+    for cls, pool in pools.items():
+        short = pool_shortfall(cls, pool, shots)
+        if short:
+            say(f"{short}; the class is skipped")
+            continue
+        key = names.get(cls, cls)
+        chosen[key] = choose_references(pool.images, shots, seed)
+        image_names[key] = [_relative(p, bases) for p in chosen[key]]
+    if not chosen:
+        fail(f"no class has enough normal images for --shots {shots}")
+    return chosen, image_names
+
+
+def learn_with_progress(backbone, chosen: dict[str, list[Path]], config, seed: int, shots: Shots,
+                        image_names: dict[str, list[str]]):
+    """:func:`alfa_ad.learning.learn_prompts` with a progress bar per class; its errors one line."""
+    from ..learning import learn_prompts
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console) as progress:
+        tasks = {c: progress.add_task(f"learning {escape(c)}", total=config.epochs, loss="-") for c in chosen}
+
+        def on_epoch(cls: str, epoch: int, total: int, loss: float) -> None:
+            progress.update(tasks[cls], completed=epoch, loss=f"{loss:.4f}")
+
+        try:
+            return learn_prompts(backbone, chosen, config, seed=seed, k=str(shots), image_names=image_names,
+                                 on_epoch=on_epoch)
+        except (InputError, ValueError) as exc:
+            fail(str(exc))

@@ -3,22 +3,22 @@ inputs before the model loads, planning references, and printing a run's outcome
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..io.datasets import Sample, train_images
-from ..io.images import InputError, iter_image_files
-from ..config import parse_batch_size
+from .. import references
+from ..config import ConfigFieldError, DetectorConfig
+from ..io.datasets import Sample
+from ..io.images import InputError
 from ..outputs.record import RunOptions
-from ..references import choose_references, few_shot_prepare as _few_shot_prepare  # noqa: F401
 from ..outputs.tables import metrics_table
-from ..presets import PRESETS
-from ..scoring.placement import PLACEMENTS
-from ..registry import ALIGNERS, DEFAULT_ALIGNER, ENGINES, FEW_SHOT_SCORERS, METHODS
-from .common import _parse_ints, _print_table, console, fail, say
+from ..references import Pool, find_pool
+from ..registry import DEFAULT_ALIGNER, ENGINES
+from .common import parse_ints, print_table, console, fail, say
 
 
 def check_device(device: Optional[str]) -> None:
@@ -53,22 +53,58 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
                    few_shot_scorer: str = "bank", fusion: str = "raw",
                    learned: Optional[Path] = None, contextual: Optional[str] = None,
                    preset: Optional[str] = None):
-    """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error."""
+    """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error, and
+    all but the model's own (a scale larger than its patch grid, say) come before torch loads."""
     from ..model.weights import WeightsUnavailableError, require_pretrained
+
+    method_options: dict[str, Any] = {"anomalib_compat": True} if anomalib_compat else {}
+    if not text:
+        method_options["use_text"] = False
+    config = detector_config(
+        method_options, method=method, aligner=aligner, model=model, pretrained=pretrained,
+        checkpoint=str(checkpoint) if checkpoint else None, weights=weights, seed=seed, device=device,
+        scales=None if scales is None else parse_ints(scales, "--scales"), tile=tile, batch_size=batch_size,
+        prompts=str(prompts) if prompts else None, llm_prompts=llm, few_shot_scorer=few_shot_scorer,
+        fusion=fusion, learned=str(learned) if learned else None, contextual=contextual, preset=preset)
+    check_detector_options(method, aligner, tile, prompts, learned, anomalib_compat, text, contextual)
+    try:  # missing default weights: the one-line error before torch and the model code load
+        require_pretrained(model, pretrained, weights, checkpoint)
+    except WeightsUnavailableError as exc:
+        fail(str(exc))
+    check_device(device)
+    from ..detector import Detector  # torch and the model code load from here on
+    from ..prompting.library import LibraryError
+
+    try:
+        detector = Detector(config=config, cache_dir=cache_dir if cache_dir is not None else True)
+    except (WeightsUnavailableError, LibraryError, ValueError) as exc:
+        fail(str(exc))
+    for source in detector.sources:  # e.g. a plain embedding file that cannot be checked
+        for w in getattr(source, "warnings", []):
+            console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
+    return detector
+
+
+def detector_config(method_options: dict[str, Any], **fields: Any) -> DetectorConfig:
+    """The :class:`DetectorConfig` of CLI options (method options merged as ``Detector`` merges
+    them); its error, one line, names the CLI option (``--few-shot-scorer ...``)."""
+    try:
+        config = DetectorConfig(**fields)
+        if method_options:
+            config = replace(config, options={**config.options, **method_options})
+    except ConfigFieldError as exc:
+        fail(f"--{exc.field.replace('_', '-')} {exc.problem}")
+    except ValueError as exc:
+        fail(str(exc))
+    return config
+
+
+def check_detector_options(method: str, aligner: str, tile: str, prompts: Optional[Path], learned: Optional[Path],
+                           anomalib_compat: bool, text: bool, contextual: Optional[str]) -> None:
+    """What :class:`DetectorConfig` leaves to the CLI: files that must exist, ``--tile``, and
+    options that apply to one method only; one-line errors."""
     from ..scoring.tile_spec import parse_tile
 
-    if method not in METHODS:
-        fail(f"--method must be one of {', '.join(METHODS.names())}, got {method!r}")
-    if aligner not in ALIGNERS:
-        fail(f"--aligner must be one of {', '.join(ALIGNERS.names())}, got {aligner!r}")
-    if few_shot_scorer not in FEW_SHOT_SCORERS:
-        fail(f"--few-shot-scorer must be one of {', '.join(FEW_SHOT_SCORERS.names())}, got {few_shot_scorer!r}")
-    if fusion not in ("normalized", "raw"):
-        fail(f"--fusion must be normalized or raw, got {fusion!r}")
-    try:
-        batch_size = parse_batch_size(batch_size)
-    except ValueError:
-        fail(f"--batch-size must be an integer >= 1 or auto, got {batch_size!r}")
     if prompts is not None and not prompts.is_file():
         fail(f"{prompts}: prompt library not found")
     if learned is not None and not learned.is_file():
@@ -77,44 +113,14 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         parse_tile(tile)
     except ValueError as exc:
         fail(str(exc))
-    scale_list = None if scales is None else _parse_ints(scales, "--scales")
-    if contextual is not None and contextual not in PLACEMENTS:
-        fail(f"--contextual must be one of {', '.join(PLACEMENTS)}, got {contextual!r}")
     if contextual not in (None, "off") and method != "alfa":
         fail(f"--contextual {contextual} applies to --method alfa only (WinCLIP has no prompt adaptation)")
-    if preset is not None and preset not in PRESETS:
-        fail(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    try:  # missing default weights: the one-line error before torch and the model code load
-        require_pretrained(model, pretrained, weights, checkpoint)
-    except WeightsUnavailableError as exc:
-        fail(str(exc))
-    from ..detector import Detector  # torch and the model code load from here on
-    from ..prompting.library import LibraryError
-    options: dict[str, Any] = {"anomalib_compat": True} if anomalib_compat else {}
     if anomalib_compat and method != "winclip":
         fail("--anomalib-compat applies to --method winclip only")
     if anomalib_compat and aligner != "masked":
         fail(f"--anomalib-compat reproduces anomalib's masked windows; it cannot use --aligner {aligner}")
-    if not text:
-        if method != "alfa":
-            fail("--no-text applies to --method alfa only")
-        options["use_text"] = False
-    check_device(device)
-    try:
-        detector = Detector(method=method, aligner=aligner, model=model, pretrained=pretrained,
-                            checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
-                            seed=seed, device=device, scales=scale_list, tile=tile,
-                            cache_dir=cache_dir if cache_dir is not None else True, batch_size=batch_size,
-                            prompts=str(prompts) if prompts else None, llm_prompts=llm,
-                            few_shot_scorer=few_shot_scorer, fusion=fusion,
-                            learned=str(learned) if learned else None, contextual=contextual, preset=preset,
-                            **options)
-    except (WeightsUnavailableError, LibraryError, ValueError) as exc:
-        fail(str(exc))
-    for source in detector.sources:  # e.g. a plain embedding file that cannot be checked
-        for w in getattr(source, "warnings", []):
-            console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
-    return detector
+    if not text and method != "alfa":
+        fail("--no-text applies to --method alfa only")
 
 
 def build_engine(name: str, workers: Optional[int], gpus_per_worker: Optional[float], ray_address: Optional[str]):
@@ -180,25 +186,20 @@ def discover_data(data: Path, classes: Optional[str]) -> tuple[dict[str, list[Sa
     return dataset, warnings, plain
 
 
-def reference_pools(data: Path, normals: Optional[Path], classes: list[str], plain: bool
-                    ) -> dict[str, tuple[list[Path], str]]:
-    """Per class, the candidate normal images and where they came from (checked up front)."""
+def reference_pools(data: Path, normals: Optional[Path], classes: list[str], plain: bool) -> dict[str, Pool]:
+    """Per class, the candidate normal images and where they came from (checked up front): a
+    missing ``--normals`` folder is an error, a missing train split an empty pool."""
     pools = {}
     for cls in classes:
-        if normals is not None:
-            folder = normals / cls if (normals / cls).is_dir() else normals
-            try:
-                pools[cls] = (iter_image_files(folder), str(folder))
-            except InputError as exc:
-                fail(str(exc))
-        elif plain:
+        if normals is None and plain:
             fail(f"{data} is a plain folder of images, with no normal training images to draw --shots from; "
                  "pass --normals DIR (a folder of normal images)")
-        else:
-            try:
-                pools[cls] = (train_images(data, cls), f"the train split of {cls}")
-            except InputError as exc:
-                pools[cls] = ([], f"{exc}")
+        try:
+            pools[cls] = find_pool(cls, normals=normals, data=data)
+        except InputError as exc:
+            if normals is not None:
+                fail(str(exc))
+            pools[cls] = Pool((), str(exc))
     return pools
 
 
@@ -251,7 +252,7 @@ def run_with_progress(detector, dataset: dict[str, list[Sample]], out: Path, rec
                 line += f" (true positives {counts['tp']}, false positives {counts['fp']}, missed {counts['fn']})"
             say(line + f"; masks in {out / 'masks'}")
     if report.metrics:
-        _print_table(metrics_table(report.metrics, report.mean_metrics()),
+        print_table(metrics_table(report.metrics, report.mean_metrics()),
                      f"alfa-ad {record['method']}, {record['shots']}-shot - {record['weights']}")
     skipped_classes = sum(e.startswith("class ") for e in report.errors)
     if report.resumed_rows:
@@ -296,10 +297,10 @@ def write_html_report(out: Path) -> None:
     say(f"report: {out / 'report.html'}")
 
 
-def few_shot_prepare(pools: dict[str, tuple[list[Path], str]], options: RunOptions, calibrate: Optional[Path]):
+def few_shot_prepare(pools: dict[str, Pool], options: RunOptions, calibrate: Optional[Path]):
     """:func:`alfa_ad.references.few_shot_prepare` with its warnings printed."""
 
     def warn(class_name: str, message: str) -> None:
         console.print(f"[yellow]warning:[/] {escape(class_name)}: {escape(message)}", soft_wrap=True)
 
-    return _few_shot_prepare(pools, options, calibrate, on_warning=warn)
+    return references.few_shot_prepare(pools, options, calibrate, on_warning=warn)

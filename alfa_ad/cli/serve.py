@@ -13,7 +13,7 @@ from .run_support import check_device
 _SERVE_HELP = 'needs the serve extra: pip install "alfa-ad[serve]"'
 
 
-def _record(config: Optional[Path], cli: dict[str, Any]) -> dict[str, Any]:
+def merged_record(config: Optional[Path], cli: dict[str, Any]) -> dict[str, Any]:
     """The config file's record, with every CLI option that was given on top."""
     from ..serve.config import load_config_file
 
@@ -54,7 +54,7 @@ def serve(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default: ALFA 2,3,4; WinCLIP 2,3)."),
     tile: Optional[str] = typer.Option(None, "--tile", help="auto, none or a tile side in pixels (as for run; each tile "
-                                       "is one more forward pass, so bound large uploads with --max-pixels)."),
+                                       "is one more forward pass; --max-tiles bounds them per request)."),
     anomalib_compat: Optional[bool] = typer.Option(None, "--anomalib-compat", help="WinCLIP exactly as anomalib 2.x."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice; 1 on a busy machine)."),
@@ -64,18 +64,16 @@ def serve(
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds a request may wait for its result (default 30)."),
     max_body_mb: Optional[float] = typer.Option(None, "--max-body-mb", help="Largest request body in MB (default 20)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Largest image, width x height (default 40e6)."),
+    max_tiles: Optional[int] = typer.Option(None, "--max-tiles", help="Most model passes (tiles) per image; more: 413 (default 16)."),
     map_size: Optional[int] = typer.Option(None, "--map-size", help="Longest side of returned map PNGs (default 256)."),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding a bearer token required on /v1 and /metrics."),
     access_log: Optional[str] = typer.Option(None, "--access-log", help="JSON-lines log: - (stderr), off, or a file (default -)."),
 ) -> None:
     """Serve POST /v1/detect (and /healthz, /readyz, /v1/classes, /metrics, /docs) over HTTP."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the serve extra, checked before anything loads)
 
-        from ..serve.app import create_app
-        from ..serve.config import LOOPBACK_HOSTS, ConfigError, read_token, split_record
-        from ..serve.metrics import json_logger
-        from ..serve.scoring import ScoringService
+        from ..serve.app import create_app  # noqa: F401
     except ImportError as exc:
         fail(f"alfa-ad serve {_SERVE_HELP} ({exc})")
     cli = {"host": host, "port": port, "classes": classes, "class_name": class_name, "method": method,
@@ -85,10 +83,19 @@ def serve(
            "model": model, "pretrained": pretrained, "checkpoint": checkpoint, "weights": weights,
            "device": device, "scales": scales, "tile": tile, "anomalib_compat": anomalib_compat,
            "cache_dir": cache_dir, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "queue_size": queue_size,
-           "timeout_s": timeout, "max_body_mb": max_body_mb, "max_pixels": max_pixels, "map_size": map_size,
+           "timeout_s": timeout, "max_body_mb": max_body_mb, "max_pixels": max_pixels, "max_tiles": max_tiles,
+           "map_size": map_size,
            "token_file": token_file, "access_log": access_log, "threads": threads}
+    serve_until_stopped(*service_settings(config, cli))
+
+
+def service_settings(config: Optional[Path], cli: dict[str, Any]):
+    """``(Detector options, ServiceOptions, token)`` from the config file and the CLI options,
+    checked before any model loads; one-line errors."""
+    from ..serve.config import LOOPBACK_HOSTS, ConfigError, read_token, split_record
+
     try:
-        detector_record, options = split_record(_record(config, cli))
+        detector_record, options = split_record(merged_record(config, cli))
         options.check_folders()
         check_device(detector_record.get("device"))
         token = read_token(options.token_file) if options.token_file is not None else None
@@ -96,11 +103,22 @@ def serve(
         fail(str(exc))
     if options.host not in LOOPBACK_HOSTS and token is None:
         say(f"warning: binding {options.host} without --token-file: anyone who can reach it can use the service")
+    return detector_record, options, token
+
+
+def serve_until_stopped(detector_record: dict[str, Any], options, token: Optional[str]) -> None:
+    """Start uvicorn at once and load the model in the background (``/readyz`` says when it is
+    ready); a failed load stops the server and is the command's one-line error."""
+    import uvicorn
+
+    from ..serve.app import create_app
+    from ..serve.metrics import json_logger
+    from ..serve.scoring import ScoringService
+
     try:
         logger = json_logger("alfa_ad.serve", options.access_log)
     except OSError as exc:
         fail(f"{options.access_log}: cannot open access log ({exc.strerror or exc})")
-
     server: Optional[uvicorn.Server] = None
     load_error: list[str] = []
 

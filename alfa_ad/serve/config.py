@@ -5,7 +5,7 @@ A record's keys are :class:`~alfa_ad.detector.Detector` keyword arguments (``met
 ``weights``, ``model``, ``scales``, ...; method options such as ``use_text`` too) plus the
 service options of :class:`ServiceOptions` (classes, references, calibration, batching,
 limits, binding).  :func:`build_detector` is the one place that turns the Detector part
-into a Detector, so it can become ``Detector.from_config`` unchanged for callers.
+into a Detector (``Detector.from_config`` of its :class:`~alfa_ad.config.DetectorConfig`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import DetectorConfig
+from ..config import ConfigFieldError, DetectorConfig
 from ..detector import Detector
+from ..references import ShotsError, parse_shots
 from ..registry import METHODS
 from ..scoring.tiling import parse_tile
 
@@ -49,6 +50,7 @@ class ServiceOptions(BaseModel):
     timeout_s: float = Field(30.0, gt=0, description="Longest a request waits for its result (queue and model).")
     max_body_mb: float = Field(20.0, gt=0, description="Largest request body in MB.")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width x height).")
+    max_tiles: int = Field(16, ge=1, le=4096, description="Most model passes (tiles) one image may cost; more: 413.")
     map_size: int = Field(256, ge=8, le=4096, description="Longest side of the returned anomaly-map PNG.")
     decode_workers: int = Field(2, ge=1, le=64, description="Threads decoding images and encoding responses.")
     threads: Optional[int] = Field(None, ge=1, le=1024, description="torch intra-op threads (default: torch's choice).")
@@ -69,10 +71,10 @@ class ServiceOptions(BaseModel):
     @field_validator("shots", mode="before")
     @classmethod
     def _shots(cls, value: Any) -> str:
-        text = str(value).strip()
-        if text != "all" and not text.isdigit():
-            raise ValueError(f"must be a number or 'all', got {value!r}")
-        return text if text == "all" else str(int(text))
+        try:
+            return str(parse_shots(value))
+        except ShotsError as exc:
+            raise ValueError(exc.problem) from None
 
     @property
     def per_class(self) -> bool:
@@ -189,6 +191,8 @@ def detector_kwargs(record: dict[str, Any]) -> dict[str, Any]:
     try:
         detector_config(kwargs)
         parse_tile(kwargs.get("tile", "auto"))
+    except ConfigFieldError as exc:
+        raise ConfigError(f"{exc.field}: {exc.problem}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(" ".join(str(exc).split())) from None
     return kwargs

@@ -107,33 +107,27 @@ class ScoringService:
 
 def _prepare_class(detector: Detector, name: str, options: ServiceOptions, seed: int) -> dict[str, Any]:
     """Fit the class's references and set its thresholds, as ``alfa-ad run`` does (its
-    reference sampling and ``few_shot_prepare``): ``--calibrate`` folder, else leave-one-out
-    over 2 or more references."""
-    from ..references import few_shot_prepare
-    from ..io.datasets import train_images
-    from ..io.images import iter_image_files
+    reference pools, sampling and ``few_shot_prepare``): ``--calibrate`` folder, else
+    leave-one-out over 2 or more references."""
     from ..outputs.record import RunOptions
+    from ..references import calibrates_by_leave_one_out, few_shot_prepare, find_pool, parse_shots, pool_shortfall
 
-    pools = {}
+    shots = parse_shots(options.shots)
     normals = options.folder_for("normals", name)
-    if options.shots != "0":
-        if normals is not None:
-            folder = normals / name if (normals / name).is_dir() else normals
-            pools[name] = (iter_image_files(folder), str(folder))
-        elif options.data is not None:
-            pools[name] = (train_images(options.data, name), f"the train split of {name} in {options.data}")
-        else:
-            raise ValueError(f"class {name!r}: --shots {options.shots} needs --normals or --data")
-        pool, where = pools[name]
-        need = len(pool) if options.shots == "all" else int(options.shots)
-        if not pool or len(pool) < need:
-            raise ValueError(f"class {name!r}: {len(pool)} normal images in {where}, --shots {options.shots} asked")
+    pools = {}
+    if shots != 0:
+        if normals is None and options.data is None:
+            raise ValueError(f"class {name!r}: --shots {shots} needs --normals or --data")
+        pools[name] = find_pool(name, normals=normals, data=options.data, name_data=True)
+        short = pool_shortfall(name, pools[name], shots)
+        if short:
+            raise ValueError(short)
     calibrate = options.folder_for("calibrate", name)
     run = RunOptions(data=str(options.data or ""), shots=options.shots, seed=seed, coreset=options.coreset,
                      fpr=options.fpr, normals=str(normals) if normals else None)
     if calibrate is not None:
         run.calibrate = str(calibrate)
-    elif options.shots == "all" or int(options.shots) >= 2:
+    elif calibrates_by_leave_one_out(shots):
         run.calibrate = "leave-one-out"
     facts = few_shot_prepare(pools, run, calibrate)(detector, name, name)
     facts.pop("reference_warnings", None)
