@@ -24,7 +24,7 @@ from .model.preprocess import crop, image_to_tensor, resize_to_model
 from .model.text_cache import TextEmbeddingCache
 from .prompting import PromptSource
 from .reference_fitting import BANK_CACHE_SIZE, LEAVE_ONE_OUT_REFERENCES, ReferenceFitting, content_key
-from .registry import METHODS, PROMPT_SOURCES
+from .registry import METHODS, PROMPT_SOURCES, trait
 from .results import Descriptor, DetectionResult, Thresholds
 from .scoring.masks import defect_mask
 from .scoring.tiling import parse_tile, plan_tiles, stitch
@@ -91,6 +91,11 @@ class Detector(ReferenceFitting, ClassStates):
                                  **placement, **self.config.options)
         # what is in use: the method's placement of eq. 4 and its scales
         self.config = replace(self.config, contextual=self.method.contextual, scales=tuple(self.method.scales))
+        if trait(self.method, "mutual") and self.config.tile != "none":  # whole images score each other
+            if self.config.tile != "auto":
+                raise ValueError(f"tile {self.config.tile!r}: {self.method.name} scores whole images against each "
+                                 "other (a tile would score its own overlapping siblings); use tile none")
+            self.config = replace(self.config, tile="none")
         directory = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.text_cache = TextEmbeddingCache(directory)
         self._init_references()  # few-shot state (alfa_ad/reference_fitting.py)
@@ -115,6 +120,13 @@ class Detector(ReferenceFitting, ClassStates):
             size = self.config.batch_size
             self._batch_size = size if isinstance(size, int) else self._probe_batch_size()
         return self._batch_size
+
+    @property
+    def images_per_call(self) -> int:
+        """How many images of a class the engines hand :meth:`predict` at a time: the batch
+        size, or a mutual method's group (musc scores the images of one call against each
+        other)."""
+        return int(self.method.group_size) if trait(self.method, "mutual") else self.batch_size
 
     def _probe_batch_size(self) -> int:
         bb = self.backbone
@@ -178,7 +190,11 @@ class Detector(ReferenceFitting, ClassStates):
             outs = [self.backend(pixels, text) for pixels in self._unit_batches(pil, units)]
         else:
             fusion = self._fusion_stats(class_name)
-            outs = [self.method(pixels, text, fusion) for pixels in self._unit_batches(pil, units)]
+            batches = self._unit_batches(pil, units)
+            if trait(self.method, "mutual"):  # the images score each other (musc): all at once
+                outs = self.method.score_together(batches, text, fusion)
+            else:
+                outs = [self.method(pixels, text, fusion) for pixels in batches]
         cat = {name: torch.cat([getattr(o, name) for o in outs]) if outs and getattr(outs[0], name) is not None
                else None for name in ("scores", "global_scores", "maps", "kept_normal", "kept_abnormal", "embeddings")}
         results: list[DetectionResult] = []

@@ -207,6 +207,9 @@ class ReferenceFitting:
         """
         if not 0 < fpr < 1:
             raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+        if getattr(self.method, "mutual", False):
+            raise ValueError(f"{self.method.name} scores depend on the images scored together, so thresholds "
+                             "from other images do not carry over: it cannot be calibrated")
         self.thresholds = None
         if images is not None:
             if not images:

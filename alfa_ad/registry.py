@@ -20,6 +20,7 @@ class Entry:
     name: str
     target: str  # "package.module:attribute"
     help: str
+    traits: tuple[str, ...] = ()  # what the part declares of itself, readable without importing it
 
 
 class Registry:
@@ -29,10 +30,17 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def add(self, name: str, target: str, help: str = "") -> None:
+    def add(self, name: str, target: str, help: str = "", traits: tuple[str, ...] = ()) -> None:
+        """Register ``target`` as ``name``.  ``traits``: names of the part's non-default traits
+        (a method's ``needs_normals``, ``mutual`` ...: :data:`TRAITS`), so the CLI can check
+        options before torch is imported; tests/test_registry.py checks them against the class."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._entries[name] = Entry(name, target, help)
+        self._entries[name] = Entry(name, target, help, tuple(traits))
+
+    def declares(self, name: str, trait: str) -> bool:
+        """Whether entry ``name`` was registered with ``trait`` among its traits (no import)."""
+        return trait in self._entries[self.check(name)].traits
 
     def remove(self, name: str) -> None:
         """Unregister ``name`` (a plug-in's tests clean up after themselves)."""
@@ -64,10 +72,35 @@ class Registry:
         return "; ".join(f"{e.name}: {e.help}" if e.help else e.name for e in self._entries.values())
 
 
+# What a method can do that an ALFA-like one (a zero-shot part, optional references,
+# windows) cannot, declared as class attributes set to True (``needs_normals = True``) and
+# named in its registry line (``METHODS.add(..., traits=("needs_normals",))``) so the CLI
+# can check options before importing it; tests/test_registry.py checks the two agree.
+TRAITS: tuple[str, ...] = (
+    "needs_normals",  # no zero-shot part: scoring without references is an error (patchknn)
+    "zero_shot_only",  # references cannot be fitted (musc)
+    "mutual",  # a predict call's images score each other (musc: score_together, group_size)
+    "patches_only",  # no aligner, no window scales (patchknn, musc)
+)
+
+
+def trait(method: Any, name: str) -> bool:
+    """Whether the method (class or instance) declares trait ``name`` (one of :data:`TRAITS`)."""
+    if name not in TRAITS:
+        raise ValueError(f"unknown method trait {name!r}; choose from {', '.join(TRAITS)}")
+    return bool(getattr(method, name, False))
+
+
 METHODS = Registry("method")
 METHODS.add("alfa", "alfa_ad.methods.alfa:AlfaMethod",
             "ALFA (run-time prompt adaptation, fine-grained aligner, eq. 12)")
 METHODS.add("winclip", "alfa_ad.methods.winclip:WinClipMethod", "WinCLIP / WinCLIP+ baseline")
+METHODS.add("musc", "alfa_ad.methods.musc:MuscMethod",
+            "MuSc-style zero-shot: the images of a class score each other (no prompts, no normals; --engine local)",
+            traits=("mutual", "zero_shot_only", "patches_only"))
+METHODS.add("patchknn", "alfa_ad.methods.patchknn:PatchKnnMethod",
+            "AnomalyDINO-style few-shot nearest-neighbour patch distances (needs normals: --shots k)",
+            traits=("needs_normals", "patches_only"))
 
 # Prompt sources: factories ``(config, backbone) -> [PromptSource]``.  A method names its
 # default sources (``Method.prompt_sources``); ``DetectorConfig.prompt_sources`` names others.

@@ -23,6 +23,7 @@ from alfa_ad.methods.alfa import AlfaMethod
 from alfa_ad.methods.alfa_head import AlfaHead
 from alfa_ad.scoring.fewshot import default_memory_layers, default_residual_layers
 from alfa_ad.scoring.fusion import Stat, fuse, reference_stats
+from alfa_ad.registry import trait
 from alfa_ad.registry import FEW_SHOT_SCORERS, METHODS
 from PIL import Image
 
@@ -78,7 +79,7 @@ def test_scorer_is_recorded_and_rebuilt(planted_backbone):
 
 
 # ------------------------------------------------------------------ residual scorer localizes
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("method", [m for m in METHODS.names() if not trait(METHODS.get(m), "zero_shot_only")])
 def test_residual_scorer_alone_localizes_a_planted_cue(planted_backbone, spots, method):
     opts = {"use_text": False} if method == "alfa" else {}
     det = Detector(planted_backbone, method=method, cache_dir=None, few_shot_scorer="residual", **opts)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from alfa_ad.config import ConfigFieldError, DetectorConfig
 from alfa_ad.io.images import InputError
+from alfa_ad.registry import METHODS
 from alfa_ad.references import (Pool, ShotsError, calibrates_by_leave_one_out, choose_references, find_pool,
                                 parse_shots, pool_shortfall)
 
@@ -111,7 +112,8 @@ def test_choose_references_draws_like_a_seeded_sample():
 
 # ------------------------------------------------------------------ DetectorConfig errors by field
 @pytest.mark.parametrize("kwargs, field, problem, message", [
-    ({"method": "x"}, "method", "must be one of alfa, winclip, got 'x'", "unknown method 'x'; choose from alfa, winclip"),
+    ({"method": "x"}, "method", f"must be one of {', '.join(METHODS.names())}, got 'x'",
+     f"unknown method 'x'; choose from {', '.join(METHODS.names())}"),
     ({"few_shot_scorer": "n"}, "few_shot_scorer", "must be one of bank, residual, got 'n'",
      "unknown few-shot scorer 'n'; choose from bank, residual"),
     ({"fusion": "q"}, "fusion", "must be normalized or raw, got 'q'", "fusion must be normalized or raw, got 'q'"),

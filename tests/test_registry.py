@@ -16,11 +16,13 @@ from alfa_ad.config import DetectorConfig
 from alfa_ad.engines import Engine
 from alfa_ad.methods.base import Method
 from alfa_ad.prompting import PromptSet, PromptSource
-from alfa_ad.registry import ALIGNERS, BACKENDS, ENGINES, FEW_SHOT_SCORERS, METHODS, PROMPT_SOURCES, Registry
+from alfa_ad.registry import ALIGNERS, BACKENDS, ENGINES, FEW_SHOT_SCORERS, METHODS, PROMPT_SOURCES, TRAITS, Registry, trait
 
 from conftest import grey_texture, spot_image
 
 LOCAL_ALIGNERS = [n for n in ALIGNERS.names() if ALIGNERS.get(n).localizes]
+# methods with windows: an aligner and scales apply (patchknn and musc score patches)
+WINDOW_METHODS = [n for n in METHODS.names() if not trait(METHODS.get(n), "patches_only")]
 OPTIONAL = {"onnxruntime": "onnxruntime", "openvino": "openvino", "ray": "ray"}  # entry -> the extra it needs
 
 
@@ -39,6 +41,16 @@ def test_every_entry_imports_and_has_a_help_text(registry: Registry):
             assert callable(registry.get(entry.name)), entry.target
 
 
+@pytest.mark.parametrize("method", METHODS.names())
+def test_a_methods_registry_line_names_its_traits(method):
+    """The CLI reads a method's traits from its registry line (no import, no torch); they must
+    be the ones its class declares."""
+    declared = {t for t in TRAITS if trait(METHODS.get(method), t)}
+    assert {t for t in TRAITS if METHODS.declares(method, t)} == declared
+    with pytest.raises(ValueError, match="unknown method trait"):
+        trait(METHODS.get(method), "windows")
+
+
 def test_an_unknown_name_is_a_one_line_error_listing_the_choices():
     with pytest.raises(ValueError, match=r"unknown aligner 'shifted'; choose from masked, value") as err:
         ALIGNERS.check("shifted")
@@ -55,17 +67,29 @@ def test_every_method_satisfies_the_interface_zero_and_few_shot(method, scorer, 
     assert det.config.prompt_sources == METHODS.get(method).default_prompt_sources(det.config)
     good = [grey_texture(200, 320, seed=s) for s in (1, 2)]
     image, mask = spot_image(seed=3)
-    zero = det.predict([good[0], image], "widget")
+    if trait(det.method, "needs_normals"):  # no zero-shot part: a one-line error instead
+        with pytest.raises(ValueError, match=f"^{method} needs normal references") as err:
+            det.predict([good[0], image], "widget")
+        assert "\n" not in str(err.value)
+        zero = None
+    else:
+        zero = det.predict([good[0], image], "widget")
+    if trait(det.method, "zero_shot_only"):  # fitting references is a one-line error
+        with pytest.raises(ValueError, match=f"^{method} .*takes no normal references") as err:
+            det.fit_normals(good)
+        assert "\n" not in str(err.value) and det.method.bank_size == 0
+        assert zero[1].score > zero[0].score and all(r.anomaly_map.shape == mask.shape for r in zero)
+        return
     det.fit_normals(good)
     assert det.method.bank_size > 0
     few = det.predict([good[0], image], "widget")
-    for results in (zero, few):
+    for results in (zero, few) if zero is not None else (few,):
         assert all(0.0 <= r.score <= 1.0 and r.anomaly_map.shape == mask.shape for r in results)
         assert results[1].score > results[0].score  # the planted spot scores above a normal image
-    assert few[0].score != zero[0].score  # the references changed the score
+    assert zero is None or few[0].score != zero[0].score  # the references changed the score
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("method", WINDOW_METHODS)
 @pytest.mark.parametrize("aligner", ALIGNERS.names())
 def test_every_aligner_runs_under_every_method(method, aligner, planted_backbone):
     det = Detector(planted_backbone, method=method, aligner=aligner, cache_dir=None)

@@ -19,7 +19,7 @@ from ..outputs.record import RunOptions, build_record
 from ..outputs.tables import aggregate_seeds, write_seed_summary
 from ..outputs.writers import clear_previous, previous_outputs
 from ..references import Pool, Shots, ShotsError, calibrates_by_leave_one_out, parse_shots, pool_shortfall
-from ..registry import BACKENDS
+from ..registry import BACKENDS, METHODS
 from . import run_options as opt
 from .common import app, fail, parse_ints, print_table, say
 from .run_options import RunArgs
@@ -132,6 +132,15 @@ def check_options(a: RunArgs) -> tuple[Shots, tuple[int, ...]]:
         fail("--explain must be 0 or more")
     if not a.text and shots == 0:
         fail("--no-text needs normal references (--shots k or all, or --normals)")
+    if a.method in METHODS:  # the registry line's traits: no import of the method (no torch yet)
+        if shots == 0 and METHODS.declares(a.method, "needs_normals"):
+            fail(f"--method {a.method} needs normal references (--shots k or all, or --normals)")
+        if shots != 0 and METHODS.declares(a.method, "zero_shot_only"):
+            fail(f"--method {a.method} takes no normal references (it is zero-shot); use --shots 0")
+        if METHODS.declares(a.method, "mutual") and a.calibrate is not None:
+            fail(f"--method {a.method} scores images against each other: --calibrate thresholds would not carry over")
+        if METHODS.declares(a.method, "mutual") and a.engine != "local":
+            fail(f"--method {a.method} keeps a class's images together: use --engine local")
     if a.seeds and shots == 0:
         fail("--seeds draws different references per seed; zero-shot has none to draw (use --shots k)")
     if a.backend not in BACKENDS:
@@ -195,9 +204,15 @@ def make_detector(a: RunArgs, shots: Shots, data: RunData):
         detector.use_backend(a.backend, a.exported, a.precision)
     except ValueError as exc:
         fail(str(exc))
-    scorer_note = f", {a.few_shot_scorer} scorer, {a.fusion} fusion" if shots != 0 else ""
-    say(f"alfa-ad {__version__}: {a.method} ({a.aligner} aligner{scorer_note}), {shots}-shot on "
-        f"{detector.backbone.device}, {detector.weights_label}")
+    from ..registry import trait
+
+    parts = [] if trait(detector.method, "patches_only") else [f"{a.aligner} aligner"]
+    if shots != 0:
+        parts.append(f"{a.few_shot_scorer} scorer, {a.fusion} fusion")
+    if trait(detector.method, "mutual"):
+        parts.append(f"the images of a class scored together in groups of at most {detector.images_per_call}")
+    note = f" ({', '.join(parts)})" if parts else ""
+    say(f"alfa-ad {__version__}: {a.method}{note}, {shots}-shot on {detector.backbone.device}, {detector.weights_label}")
     return detector
 
 

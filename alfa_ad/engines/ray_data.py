@@ -28,6 +28,7 @@ import time
 import warnings
 from typing import Any, Iterable, Iterator
 
+from ..registry import trait
 from .base import ClassJob, Engine, EngineError, Scored
 from .scorer import BatchScorer, actor_config, decode_batch
 
@@ -113,6 +114,9 @@ class RayEngine(Engine):
 
     # ------------------------------------------------------------ pipeline
     def run(self, detector, jobs: Iterable[ClassJob], explain: int = 0) -> Iterator[tuple[ClassJob, Iterator[Scored]]]:
+        if trait(detector.method, "mutual"):
+            raise EngineError(f"the ray engine scores rows in blocks that mix classes; {detector.method.name} scores "
+                              "a class's images against each other: use --engine local")
         self.open()
         prepared: list[tuple[ClassJob, Any]] = []
         for job in jobs:  # each class prepared by the caller, its state captured before the next one

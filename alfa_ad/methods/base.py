@@ -108,7 +108,10 @@ class Method(Protocol):
     Built as ``cls(backbone, scales=..., aligner=..., few_shot_scorer=..., fusion=...,
     contextual=..., **options)`` (``scales`` and ``contextual`` when the config names
     them, as a run's record always does).  Every tensor handed back is on the CPU; ``text`` is whatever
-    :meth:`prepare_text` returned, on the model's device.
+    :meth:`prepare_text` returned, on the model's device.  Optional class attributes
+    declare what the method can do (:data:`alfa_ad.registry.TRAITS`, read with
+    :func:`alfa_ad.registry.trait`, named in its registry line too); a ``mutual``
+    method also has ``score_together(batches, text, fusion)`` and ``group_size``.
     """
 
     name: ClassVar[str]  # the registry name, recorded in every result

@@ -87,5 +87,8 @@ def build_record(detector, options: RunOptions, classes: list[str], prompt_count
     if options.explain:
         record["explain"] = options.explain
     record["engine"] = options.engine
+    batch_note = getattr(detector.method, "batch_dependence", None)
+    if batch_note:  # a method whose scores depend on the images scored together (musc)
+        record["scores_depend_on_the_batch"] = batch_note
     record["detector"] = cfg.as_dict()
     return record

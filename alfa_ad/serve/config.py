@@ -166,6 +166,9 @@ def detector_kwargs(record: dict[str, Any]) -> dict[str, Any]:
     method = kwargs.get("method", "alfa")
     if method not in METHODS:
         raise ConfigError(f"method: must be one of {', '.join(METHODS.names())}, got {method!r}")
+    if METHODS.declares(method, "mutual"):
+        raise ConfigError(f"method: {method} scores a class's images against each other and the service scores "
+                          "each upload alone; score folders with alfa-ad run")
     known = set(CONFIG_FIELDS) | _parameters(METHODS.get(method).__init__) | {"cache_dir"}
     known -= {"backbone", "options"}  # method options are given flat, not as an "options" mapping
     unknown = sorted(set(kwargs) - known)

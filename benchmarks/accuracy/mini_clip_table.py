@@ -59,7 +59,7 @@ from tools.mini_clip.mvtec import write_benchmark  # noqa: E402
 from tools.mini_clip.vocab import OBJECTS  # noqa: E402
 
 DEFAULT, WINCLIP = "ALFA default (alfa-ad run --weights mini)", "WinCLIP (--method winclip)"
-# One row each: name, method (alfa | winclip | class_token | patch_tokens), detector (keyword
+# One row each: name, method (alfa | winclip | patchknn | musc | class_token | patch_tokens), detector (keyword
 # arguments of Detector: DetectorConfig fields and method options), shots (0), classes ("all" |
 # "llm": the classes with LLM prompts in the shipped libraries).
 OLD = {"contextual": "all", "scales": (2, 3), "sigma": 4.0, "global_in_map": False, "llm_prompts": True}
@@ -101,6 +101,15 @@ CONFIGS: list[dict] = [
     {"name": "memory bank only 4-shot (--no-text)", "method": "alfa", "detector": {"use_text": False}, "shots": 4},
     {"name": "WinCLIP+ 1-shot", "method": "winclip", "detector": {}, "shots": 1},
     {"name": "WinCLIP+ 4-shot", "method": "winclip", "detector": {}, "shots": 4},
+    {"name": "patchknn 1-shot (--method patchknn)", "method": "patchknn", "detector": {}, "shots": 1},
+    {"name": "patchknn 4-shot (--method patchknn)", "method": "patchknn", "detector": {}, "shots": 4},
+    {"name": "patchknn 4-shot, rotations", "method": "patchknn",
+     "detector": {"rotations": True}, "shots": 4},
+    {"name": "patchknn 4-shot, layer 2 of 0-3 (chosen on --quick)", "method": "patchknn", "detector": {"layer": 2},
+     "shots": 4},
+    {"name": "musc zero-shot (--method musc)", "method": "musc", "detector": {}},
+    {"name": "musc zero-shot, no image re-scoring (rescore_ks=())", "method": "musc", "detector": {"rescore_ks": ()}},
+    {"name": "musc zero-shot, degree 1 only (no neighbourhood)", "method": "musc", "detector": {"degrees": (1,)}},
 ]
 BENCH_SIZE = 128  # rendered size of the benchmark images (the model sees 64 px)
 FULL = {"classes": OBJECTS, "n_train": 4, "n_good": 11, "n_defect": 2, "seeds": "1,2,3"}  # 3 x 200 test images
@@ -149,13 +158,26 @@ def what_ran(det: Detector, method: str, shots: int) -> str:
     if method in BASELINES:
         return f"{method} (eq. 4 {c.contextual}), prompts {'+'.join(dict.fromkeys(s.name for s in det.sources))}"
     parts = [c.method, f"aligner {c.aligner}", f"scales {','.join(map(str, c.scales))}"]
+    if c.method == "patchknn":  # no aligner, no windows: its layer and options
+        m = det.method
+        parts = [c.method, f"layer {m.layer}", f"masking {m.masking}", f"rotations {'on' if m.rotations else 'off'}",
+                 f"top {m.top_percent:g}%", f"sigma {m.blur.sigma:g} px"]
+    if c.method == "musc":  # no prompts, no aligner: the images of a class score each other
+        m = det.method
+        parts = [c.method, f"layers {','.join(map(str, m.layers))}", f"degrees {','.join(map(str, m.degrees))}",
+                 f"interval {m.interval[0]:g}-{m.interval[1]:g}",
+                 f"re-scoring k {','.join(map(str, m.rescore_ks)) or 'off'}", f"groups of <= {m.group_size}",
+                 f"sigma {m.blur.sigma:g} px"]
     if c.method == "alfa":
         head = det.method.head
         parts += [f"eq. 4 {c.contextual}", f"text projection {det.method.text_projection}",
                   f"sigma {head.blur.sigma:g} px", "image score in map" if head.global_in_map else "windows-only map"]
         if not det.method.use_text:
             parts.append("no text")
-    parts.append("prompts " + "+".join(dict.fromkeys(s.name for s in det.sources)))
+    if c.method in ("patchknn", "musc"):  # the detector encodes a class's prompts; these methods read none
+        parts.append("no prompts read")
+    else:
+        parts.append("prompts " + "+".join(dict.fromkeys(s.name for s in det.sources)))
     if c.preset:
         parts.append(f"preset {c.preset}")
     parts.append(f"{shots}-shot" + (f" ({c.few_shot_scorer} scorer, {c.fusion} fusion)" if shots else ""))

@@ -5,7 +5,8 @@ and at bf16/fp16, over batch sizes, with peak memory and agreement to CPU fp32.
     python benchmarks/speed/gpu.py --device cpu --weights planted --images 4   # the CPU smoke run
     python benchmarks/speed/gpu.py --json gpu.json --max-seconds 200
 
-Rows: every method and aligner in ``alfa_ad.registry`` (``--methods``, ``--aligners``) x
+Rows: every per-image method (not patchknn, which needs references, nor musc, whose images
+score each other) and every aligner in ``alfa_ad.registry`` (``--methods``, ``--aligners``) x
 precision x batch size.  Precisions: ``fp32``; ``bf16`` / ``fp16``, fp32 weights under
 ``torch.autocast``; ``half``, fp16 weights and inputs with no autocast (what
 ``Detector(device="cuda")`` uses by default: ``ClipBackbone`` halves the model on CUDA).
@@ -59,8 +60,15 @@ HOST_SYNCS = "one device->host copy of the outputs per batch (the methods return
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from alfa_ad.registry import trait
     from alfa_ad.model.names import DEFAULT_MODEL, WEIGHT_CHOICES
     from alfa_ad.registry import ALIGNERS, METHODS
+
+    # per-image methods only: a method that needs references (patchknn) has no zero-shot
+    # pass to time here, and a mutual one (musc) scores a batch's images against each
+    # other, so its outputs depend on the batch size and cannot be compared image by image
+    per_image = [m for m in METHODS.names() if not trait(METHODS.get(m), "needs_normals")
+                 and not trait(METHODS.get(m), "mutual")]
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture (ignored for planted and mini)")
@@ -68,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="random (seed 0; default), planted (tiny test model), mini, pretrained (when cached)")
     ap.add_argument("--images", type=int, default=64, help="images per row (default 64)")
     ap.add_argument("--batch-sizes", default="1,8,32")
-    ap.add_argument("--methods", default=",".join(METHODS.names()))
+    ap.add_argument("--methods", default=",".join(per_image), help=f"of {', '.join(per_image)} (default: all)")
     ap.add_argument("--aligners", default=",".join(ALIGNERS.names()))
     ap.add_argument("--precisions", default="auto", help=f"auto or a list of {', '.join(PRECISIONS)}")
     ap.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
@@ -79,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     args.methods = [METHODS.check(m.strip()) for m in args.methods.split(",") if m.strip()]
+    if set(args.methods) - set(per_image):
+        ap.error(f"--methods: {', '.join(sorted(set(args.methods) - set(per_image)))} cannot be timed image by image "
+                 f"here; choose from {', '.join(per_image)}")
     args.aligners = [ALIGNERS.check(a.strip()) for a in args.aligners.split(",") if a.strip()]
     if args.images < 1 or not args.batch_sizes or min(args.batch_sizes) < 1:
         ap.error("--images and every batch size must be >= 1")
