@@ -7,8 +7,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-WEIGHTS_HELP = ("pretrained, random (smoke test), planted (test model) or mini (mini-CLIP trained here, "
-                "not a real CLIP).")
+WEIGHTS_HELP = ("pretrained, random (smoke test), planted (test model), mini (mini-CLIP trained here, "
+                "not a real CLIP) or mini-v2 (its 15 x 15-grid successor, once shipped).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Training-free visual anomaly detection (ALFA, WinCLIP).")

@@ -12,7 +12,7 @@ import torch
 
 from ..io.paths import default_cache_dir
 from .backbone import ClipBackbone
-from .names import DEFAULT_MODEL, DEFAULT_PRETRAINED, MINI_MODEL, WEIGHT_CHOICES
+from .names import DEFAULT_MODEL, DEFAULT_PRETRAINED, MINI_WEIGHTS, WEIGHT_CHOICES
 from .weights import (WeightsInfo, WeightsUnavailableError, fetch, known_ref, pretrained_ref, read_manifest,
                       sha256_file)
 
@@ -153,21 +153,21 @@ def load_backbone(
     downloaded when the hub can be reached; offline, a one-line
     :class:`WeightsUnavailableError` within seconds), ``"random"`` (seeded random
     initialisation: smoke tests only), ``"planted"`` (the hand-constructed test model
-    of :mod:`alfa_ad.model.planted`) or ``"mini"`` (the mini-CLIP trained here on
-    synthetic scenes, :mod:`alfa_ad.model.mini`: the shipped file loaded as a checkpoint;
-    not a real CLIP).  ``checkpoint`` loads a local state-dict file
+    of :mod:`alfa_ad.model.planted`) or ``"mini"`` / ``"mini-v2"`` (the mini-CLIP trained
+    here on synthetic scenes, :mod:`alfa_ad.model.mini`: the shipped file loaded as a
+    checkpoint; not a real CLIP).  ``checkpoint`` loads a local state-dict file
     (``.safetensors``, or a torch file with ``weights_only=True``) into ``model_name``'s
     architecture (or the one its manifest names) and overrides ``weights``.
     """
     if weights not in WEIGHT_CHOICES:
         raise ValueError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
-    mini = checkpoint is None and weights == "mini"
+    mini = checkpoint is None and weights in MINI_WEIGHTS
     if mini:
-        from .mini import weights_file
+        from .mini import checkpoint_for
 
-        if model_name not in (None, DEFAULT_MODEL, MINI_MODEL):
-            raise ValueError(f"--weights mini is the {MINI_MODEL} architecture, not {model_name!r}")
-        checkpoint, model_name = weights_file(), MINI_MODEL
+        if model_name not in (None, DEFAULT_MODEL, MINI_WEIGHTS[weights]):
+            raise ValueError(f"--weights {weights} is the {MINI_WEIGHTS[weights]} architecture, not {model_name!r}")
+        checkpoint, model_name = checkpoint_for(weights)
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
@@ -178,7 +178,7 @@ def load_backbone(
         manifest = read_manifest(path) or {}
         _set_normalisation(clip, manifest.get("mean"), manifest.get("std"))
         digest = sha256_file(path, default_cache_dir())
-        source = "mini" if mini or model_name == MINI_MODEL else "checkpoint"  # the mini-CLIP says what it is
+        source = "mini" if mini or model_name in MINI_WEIGHTS.values() else "checkpoint"  # the mini-CLIP says what it is
         info = WeightsInfo(model_name, source, f"{path.name}, sha256 {digest[:12]}", str(path), digest)
         return ClipBackbone(clip, tokenizer, info, device, half)
     model_name = model_name or DEFAULT_MODEL

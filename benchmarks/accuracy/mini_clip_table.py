@@ -332,7 +332,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--replicates", type=int, default=1000, help="bootstrap draws")
     ap.add_argument("--bins", type=int, default=1024, help="map-value bins per group for the bootstrap")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    ap.add_argument("--weights", default=None, help="mini-CLIP weights file (default: the shipped one)")
+    ap.add_argument("--weights", default=None, help="mini, mini-v2 or a v1 weights file (default: mini)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     spec = dict(QUICK if args.quick else FULL)
@@ -344,8 +344,8 @@ def main(argv=None) -> list[dict]:
     seeds = [int(s) for s in (args.data_seeds or spec["seeds"]).split(",") if s.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
     datasets = {s: prepare_data(args.out / "data" / f"seed_{s}", spec, s) for s in seeds}
-    backbone = load_backbone("alfa-mini-clip", checkpoint=args.weights, device="cpu") if args.weights \
-        else load_backbone(weights="mini", device="cpu")
+    backbone = load_backbone(weights=args.weights or "mini", device="cpu") if args.weights in (None, "mini", "mini-v2") \
+        else load_backbone("alfa-mini-clip", checkpoint=args.weights, device="cpu")
     configs = CONFIGS
     if args.only:
         names = [n.strip() for n in args.only.split(";") if n.strip()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .scenes import Scene
-from .vocab import BACKGROUNDS, readable
+from .vocab import BACKGROUNDS, TEXTURE_WORDS, TEXTURES, readable
 
 DEFECT_WORDS = {  # adjectives, phrases after the noun
     "scratch": (("scratched",), ("with a scratch", "with scratches", "with a scratch on its surface")),
@@ -23,6 +23,10 @@ DEFECT_WORDS = {  # adjectives, phrases after the noun
     "bent": (("bent", "deformed"), ("with a bent edge", "with a bent corner", "with a deformation")),
     "contamination": (("contaminated", "dirty"),
                       ("with contamination", "with specks of dirt", "with debris on it", "with foreign particles")),
+    # texture defects (surfaces.py)
+    "thread": (("frayed",), ("with a loose thread", "with a stray thread", "with a stray fibre", "with a thread on it")),
+    "colour": (("discoloured", "discolored", "faded"),
+               ("with a discoloured patch", "with a colour defect", "with a discoloration", "with a faded spot")),
 }
 GENERIC_BAD = (("damaged", "defective", "broken", "abnormal", "faulty", "flawed", "anomalous"),
                ("with a defect", "with damage", "with a flaw", "with defects"))
@@ -79,8 +83,43 @@ def _state(scene: Scene, rng, mix=STATE_MIX) -> tuple[list[str], list[str], str]
     return [_pick(rng, GENERIC_BAD[0])], [_pick(rng, post)], _pick(rng, adj)  # both
 
 
+TEXTURE_NOUNS = ("", "", " texture", " surface", " pattern", " material", " sample")
+TEXTURE_PREFIX = ("a close-up of", "a macro photo of", "a texture image of", "a surface image of")
+
+
+def texture_caption(scene: Scene, rng: np.random.Generator, mix=STATE_MIX) -> str:
+    """A caption of a texture scene: the material (its class name most often), colour, condition."""
+    adjs, posts, word = _state(scene, rng, mix)
+    names = TEXTURE_WORDS[scene.kind]
+    noun = (names[0] if rng.random() < 0.6 else _pick(rng, names[1:])) + _pick(rng, TEXTURE_NOUNS)
+    colour = scene.colour if rng.random() < 0.7 else ""
+    obj = " ".join(adjs + ([colour] if colour else []) + [noun] + posts)
+    obj = f"{_article(obj)} {obj}" if rng.random() < 0.7 else f"the {obj}" if rng.random() < 0.5 else obj
+    form = rng.random()
+    if form < 0.35:
+        text = f"{_pick(rng, STYLE_PREFIX[scene.style])} {obj}"
+    elif form < 0.5:
+        text = f"{_pick(rng, TEXTURE_PREFIX)} {obj}"
+    elif form < 0.7:
+        text = obj
+    elif form < 0.85:  # tag list
+        tags = [names[0]] + ([colour] if colour else []) + ([word] if word else []) + [_pick(rng, ("texture", "surface"))]
+        rng.shuffle(tags)
+        return ", ".join(tags)
+    else:  # state in a second sentence
+        base = f"{_pick(rng, STYLE_PREFIX[scene.style])} {_article(colour or names[0])} {colour + ' ' if colour else ''}{names[0]} surface."
+        if scene.defect is None:
+            return f"{base} {_pick(rng, STATE_SENTENCES_GOOD).format(_pick(rng, GOOD[0]))}"
+        return f"{base} {_pick(rng, STATE_SENTENCES_BAD).format(word)}"
+    if rng.random() < 0.1:
+        text += " " + _pick(rng, SUFFIXES)
+    return text + "."
+
+
 def caption(scene: Scene, rng: np.random.Generator, mix=STATE_MIX) -> str:
     """One caption of ``scene`` drawn from the templates (``mix``: see :data:`STATE_MIX`)."""
+    if scene.kind in TEXTURES:
+        return texture_caption(scene, rng, mix)
     adjs, posts, word = _state(scene, rng, mix)
     size = "small" if scene.r < 0.31 else "large" if scene.r > 0.35 else ""
     colour = scene.colour if rng.random() < 0.85 else ""

@@ -6,7 +6,10 @@ ground-truth mask.  Geometry is relative, and every line width is in pixels of
 a 64 px view (:data:`MODEL_PX`, the mini-CLIP's input), so a scene looks the
 same to the model whatever size it is rendered at.  Training scenes and
 evaluation scenes come from different random streams (:data:`TRAIN_STREAM`,
-:data:`EVAL_STREAM`), so no evaluation scene is a training scene.
+:data:`EVAL_STREAM`), so no evaluation scene is a training scene.  Texture scenes
+(:func:`sample_texture_scene`, rendered by ``surfaces.py``) have streams of their
+own (:data:`TEXTURE_TRAIN_STREAM`, :data:`TEXTURE_EVAL_STREAM`): adding them changed
+no draw of an object scene.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from PIL import Image, ImageFilter
 from . import defects as D
 from .shapes import SHAPES, Frame
 from .textures import background
-from .vocab import BACKGROUNDS, COLOURS, OBJECTS, allowed_defects
+from .vocab import BACKGROUNDS, COLOURS, OBJECTS, TEXTURES, allowed_defects
 
 MODEL_PX = 64
 SUPERSAMPLE = 2
 TRAIN_STREAM = 0x7A11  # rng keys [TRAIN_STREAM, seed, index]
 EVAL_STREAM = 0xE7A1  # rng keys [EVAL_STREAM, seed, ...]
+TEXTURE_TRAIN_STREAM = 0x7E27  # texture scenes: rng keys [TEXTURE_TRAIN_STREAM, seed, index]
+TEXTURE_EVAL_STREAM = 0x7E2E  # rng keys [TEXTURE_EVAL_STREAM, seed, ...]
 STYLES = ("", "bright", "dark", "close-up")
 STYLE_P = (0.55, 0.15, 0.15, 0.15)
 MIN_DEFECT_FRACTION = 0.002  # of the image area; smaller draws are redrawn
@@ -55,6 +60,33 @@ def train_rng(seed: int, index: int) -> np.random.Generator:
 
 def eval_rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([EVAL_STREAM, seed, *keys])
+
+
+def texture_train_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([TEXTURE_TRAIN_STREAM, seed, index])
+
+
+def texture_eval_rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([TEXTURE_EVAL_STREAM, seed, *keys])
+
+
+def sample_texture_scene(rng: np.random.Generator, *, training: bool, kind: str | None = None,
+                         colour: str | None = None, style: str | None = None, defect: str | None = "random",
+                         p_defect: float = 0.5) -> Scene:
+    """A texture scene (the material fills the frame; ``background`` is empty).  ``cx, cy`` are
+    unused, ``r`` sets the defects' size (as an object's size does), ``angle`` their frame."""
+    kind = kind or str(rng.choice(TEXTURES))
+    if kind not in TEXTURES:
+        raise ValueError(f"unknown texture {kind!r}; choose from {', '.join(TEXTURES)}")
+    colour = colour or str(rng.choice(list(COLOURS)))
+    style = str(rng.choice(STYLES, p=STYLE_P)) if style is None else style
+    r = rng.uniform(0.26, 0.36)
+    if defect == "random":
+        defect = str(rng.choice(allowed_defects(kind, training))) if rng.random() < p_defect else None
+    elif defect is not None and defect not in allowed_defects(kind, training):
+        raise ValueError(f"{kind} with {defect} is " + ("held out of training" if training else "not a texture defect"))
+    return Scene(int(rng.integers(2**62)), kind, colour, "", style, 0.5, 0.5, float(r),
+                 float(rng.uniform(0, 2 * np.pi)), defect)
 
 
 def sample_scene(rng: np.random.Generator, *, training: bool, kind: str | None = None, colour: str | None = None,
@@ -104,6 +136,10 @@ def render(scene: Scene, size: int = MODEL_PX) -> tuple[np.ndarray, np.ndarray]:
 def render_variants(scene: Scene, defects, size: int = MODEL_PX) -> list[tuple[np.ndarray, np.ndarray]]:
     """The scene rendered once per entry of ``defects`` (None = intact); background, object
     and each defect's geometry are the same as :func:`render` of ``scene.with_defect(d)``."""
+    if scene.kind in TEXTURES:
+        from .surfaces import render_texture_variants
+
+        return render_texture_variants(scene, defects, size, SUPERSAMPLE, MODEL_PX)
     big = size * SUPERSAMPLE
     u = big / MODEL_PX
     bg_seed = scene.seed if scene.bg_seed is None else scene.bg_seed
@@ -129,6 +165,11 @@ def _compose(style: str, bg0: np.ndarray, layer: D.Layer, gt: np.ndarray, size: 
         (big, big), Image.AFFINE, (1, 0, -2 * u, 0, 1, -2 * u)).filter(ImageFilter.GaussianBlur(2 * u))
     bg = bg0 * (1 - 0.35 * (np.asarray(shadow, dtype=np.float32) / 255.0)[..., None])
     img = np.where(layer.body[..., None], layer.colour, bg)
+    return _finish(style, img, gt, size)
+
+
+def _finish(style: str, img: np.ndarray, gt: np.ndarray, size: int):
+    """Photo style, then the supersampled canvas down to ``size``: ``(image uint8, mask bool)``."""
     if style == "bright":
         img = img * 1.2 + 25
     elif style == "dark":

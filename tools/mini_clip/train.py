@@ -52,15 +52,13 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tools.mini_clip import resume as R  # noqa: E402
 from tools.mini_clip.captions import STATE_MIX, caption  # noqa: E402
-from tools.mini_clip.scenes import eval_rng, render_variants, sample_scene, train_rng  # noqa: E402
-from tools.mini_clip.vocab import HELD_OUT, OBJECTS, allowed_defects, readable  # noqa: E402
+from tools.mini_clip.monitor import MEAN, STD, monitor, monitor_set, normalise  # noqa: E402,F401
+from tools.mini_clip.pool import cached_pool, render_pool  # noqa: E402,F401
 
 CONFIG = REPO / "alfa_ad" / "model" / "shipped" / "alfa-mini-clip.json"
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
-MONITOR_NORMAL = ("a photo of a flawless {}.", "a photo of a {} without defect.", "a photo of a normal {}.")
-MONITOR_ABNORMAL = ("a photo of a damaged {}.", "a photo of a {} with a defect.", "a photo of a broken {}.")
+CONFIG_V2 = REPO / "alfa_ad" / "model" / "shipped" / "alfa-mini-clip-v2.json"
 
 
 def load_config(path: Path = CONFIG) -> dict:
@@ -71,31 +69,6 @@ def build_model(cfg: dict):
     from open_clip.model import CLIP
 
     return CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"])
-
-
-def _render_group(args):
-    """One training scene rendered intact and with ``variants - 1`` different defects."""
-    seed, index, size, variants = args
-    rng = train_rng(seed, index)
-    scene = sample_scene(rng, training=True, defect=None)
-    options = allowed_defects(scene.kind, True)
-    defects = [None] + [str(d) for d in rng.choice(options, variants - 1, replace=False)]
-    images = np.stack([img for img, _ in render_variants(scene, defects, size)])
-    return images, [scene.with_defect(d) for d in defects]
-
-
-def render_pool(seed: int, scenes: int, size: int, variants: int, workers: int):
-    """``(uint8 images (scenes, variants, H, W, 3), scene records)``: the training images,
-    rendered once (the model then sees each several times, with freshly drawn captions)."""
-    jobs = [(seed, i, size, variants) for i in range(scenes)]
-    if workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(workers) as pool:
-            out = pool.map(_render_group, jobs, chunksize=32)
-    else:
-        out = [_render_group(j) for j in jobs]
-    return np.stack([o[0] for o in out]), [o[1] for o in out]
 
 
 class PoolBatches:
@@ -126,44 +99,6 @@ def tokenize(text: str, context: int) -> torch.Tensor:
     import open_clip
 
     return open_clip.tokenize([text], context_length=context)[0]
-
-
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
-
-
-def monitor_set(seed: int, n: int, size: int):
-    """Held-out scenes (evaluation stream) with defects half of the time, all combinations allowed."""
-    scenes = [sample_scene(eval_rng(seed, 7, i), training=False, style="") for i in range(n)]
-    x = torch.from_numpy(np.stack([render_variants(s, [s.defect], size)[0][0] for s in scenes])).permute(0, 3, 1, 2)
-    return scenes, normalise(x)
-
-
-@torch.no_grad()
-def monitor(model, scenes, pixels, context: int) -> dict:
-    """Class-token zero-shot AUROC (all, and intact vs held-out combinations)."""
-    import open_clip
-    from sklearn.metrics import roc_auc_score
-
-    model.eval()
-    img = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
-    cls = {}
-    for kind in OBJECTS:
-        emb = []
-        for templates in (MONITOR_NORMAL, MONITOR_ABNORMAL):
-            t = model.encode_text(open_clip.tokenize([p.format(readable(kind)) for p in templates], context_length=context))
-            emb.append(torch.nn.functional.normalize(torch.nn.functional.normalize(t, dim=-1).mean(0), dim=-1))
-        cls[kind] = torch.stack(emb)
-    scores = np.array([float(((img[i] @ cls[s.kind].T) / 0.07).softmax(-1)[1]) for i, s in enumerate(scenes)])
-    labels = np.array([s.defect is not None for s in scenes])
-    held = np.array([s.defect is None or (s.kind, s.defect) in HELD_OUT for s in scenes])
-    model.train()
-    out = {"auroc": float(roc_auc_score(labels, scores))}
-    if labels[held].any() and (~labels[held]).any():
-        out["auroc_held_out_combos"] = float(roc_auc_score(labels[held], scores[held]))
-    return out
 
 
 def optimizers(model, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
@@ -198,7 +133,7 @@ def save(model, path: Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=2400)
@@ -210,53 +145,82 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--workers", type=int, default=2, help="scene-rendering processes for the pool")
     ap.add_argument("--pool", type=int, default=2500, help="training scenes rendered once (each --variants times)")
+    ap.add_argument("--textures", type=float, default=0.0,
+                    help="fraction of the pool (and, relative to --monitor, of the monitor) that is texture scenes")
     ap.add_argument("--eval-every", type=int, default=200)
-    ap.add_argument("--monitor", type=int, default=256, help="held-out scenes for the monitor AUROC")
+    ap.add_argument("--monitor", type=int, default=256, help="held-out object scenes for the monitor AUROC")
     ap.add_argument("--config", type=Path, default=CONFIG)
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of the --steps schedule")
     ap.add_argument("--state-mix", default=",".join(map(str, STATE_MIX)), help="caption state-word mix (captions.py)")
     ap.add_argument("--init", type=Path, default=None, help="start from these weights (a previous stage's output)")
+    ap.add_argument("--checkpoint-dir", type=Path, default=None,
+                    help="save a resumable training checkpoint (DIR/checkpoint.pt) every --checkpoint-minutes and at the end")
+    ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    ap.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir (same command)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--log", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.resume and args.checkpoint_dir is None:
+        ap.error("--resume needs --checkpoint-dir")
+    if not 0 <= args.textures <= 1:
+        ap.error(f"--textures {args.textures}: a fraction in [0, 1]")
+    if args.init is not None and not args.init.is_file():
+        ap.error(f"--init {args.init}: file not found")
+    if args.config != CONFIG and not Path(args.config).is_file():
+        ap.error(f"--config {args.config}: file not found")
+    return args
 
+
+def build(args):
+    """Threads, seed, the model (from scratch or ``--init``) and its optimisers, as every run starts."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
     cfg = load_config(args.config)
-    size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
     model = build_model(cfg).train()
     if args.init is not None:
         from safetensors.torch import load_file
 
         model.load_state_dict({k: v.float() for k, v in load_file(str(args.init)).items()}, strict=True)
-    opts = optimizers(model, args.lr, args.weight_decay)
-    from open_clip.loss import ClipLoss
+    return cfg, model, optimizers(model, args.lr, args.weight_decay)
 
-    loss_fn = ClipLoss()
-    t_pool = time.perf_counter()
-    pool, records = render_pool(args.seed, args.pool, size, args.variants, args.workers)
-    mix = tuple(float(v) for v in args.state_mix.split(","))
-    batches = PoolBatches(pool, records, args.seed, args.batch, ctx, mix)
-    scenes, pixels = monitor_set(args.seed, args.monitor, size)
-    log = open(args.log, "a") if args.log else None
-    if args.log:
-        args.log.parent.mkdir(parents=True, exist_ok=True)
+
+def open_checkpoint(args, options: dict):
+    """``(path or None, checkpoint dict or None)``; one-line errors for a missing or mismatched one."""
+    if args.checkpoint_dir is None:
+        return None, None
+    path = args.checkpoint_dir / R.NAME
+    if not args.resume:
+        if path.exists():
+            raise SystemExit(f"error: {path} exists: add --resume to continue that run, or choose another --checkpoint-dir")
+        return path, None
+    ckpt = R.load(path)
+    R.check_options(ckpt, options, path)
+    stop = min(args.steps, args.stop_after or args.steps)
+    if ckpt["step"] > stop:
+        raise SystemExit(f"error: {path} is at step {ckpt['step']}, beyond --stop-after {stop}")
+    return path, ckpt
+
+
+def logger(path: Path | None):
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "a") if path else None
 
     def say(msg: str) -> None:
         print(msg, flush=True)
         if log:
             log.write(msg + "\n")
             log.flush()
+    return say
 
-    command = "python -m tools.mini_clip.train " + " ".join(argv if argv is not None else sys.argv[1:])
-    say(f"# {command}\n# config {json.dumps(cfg)}\n# params {sum(p.numel() for p in model.parameters())}")
-    pool_s = time.perf_counter() - t_pool
-    say(f"# pool: {pool.shape[0]} scenes x {pool.shape[1]} renderings in {pool_s:.0f} s")
-    t0, c0 = time.perf_counter(), time.process_time()
-    last = {}
-    stop = min(args.steps, args.stop_after or args.steps)
-    for step in range(stop):
+
+def run_steps(args, run: dict, start: int, stop: int, say) -> tuple[int, dict]:
+    """Steps ``start .. stop - 1`` (fewer when a stop is requested); ``(steps done, last monitor)``.
+    ``run`` holds the model, optimisers, batches, monitor set and checkpoint writer."""
+    model, opts, loss_fn, batches = run["model"], run["opts"], run["loss_fn"], run["batches"]
+    t0, last_ckpt, last, done = time.perf_counter(), time.perf_counter(), run["last"], start
+    for step in range(start, stop):
         x, tokens = batches[step]
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for opt in opts:
@@ -271,25 +235,101 @@ def main(argv=None) -> None:
             opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
+        run["touched"][tokens.unique()] = True  # the embedding rows SparseAdam has updated
+        done = step + 1
+        el = time.perf_counter() - t0
         if step % 25 == 0 or step == stop - 1:
-            el = time.perf_counter() - t0
             say(f"step {step} loss {loss.item():.4f} lr {lr:.2e} scale {model.logit_scale.exp().item():.1f} "
-                f"elapsed {el:.0f}s ({(step + 1) * args.batch / el:.1f} img/s)")
-        if (step + 1) % args.eval_every == 0 or step == stop - 1:
-            last = monitor(model, scenes, pixels, ctx)
-            say(f"monitor step {step + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in last.items()))
-            save(model, args.out.with_suffix(".partial.safetensors"), {"step": step + 1})
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    meta = {"config": "alfa-mini-clip", "config_json": json.dumps(cfg), "seed": args.seed,
+                f"elapsed {el:.0f}s ({(done - start) * args.batch / el:.1f} img/s)")
+        if done % args.eval_every == 0 or step == stop - 1:
+            last = monitor(model, run["scenes"], run["pixels"], run["ctx"], run["loss_args"])
+            say(f"monitor step {done}: " + " ".join(f"{k} {v:.3f}" for k, v in last.items()))
+            say(R.status_line(done, args.steps, last, run["elapsed_before"] + el, (done - start) / el))
+            save(model, args.out.with_suffix(".partial.safetensors"), {"step": done})
+        stopping = run["stop_request"].requested
+        if run["write"] and (stopping or time.perf_counter() - last_ckpt >= 60 * args.checkpoint_minutes):
+            run["write"](done, last, time.perf_counter() - t0)
+            last_ckpt = time.perf_counter()
+        if stopping:
+            say(f"# stop requested: stopped after step {done}")
+            break
+    return done, last
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg, model, opts = build(args)
+    size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
+    from open_clip.loss import ClipLoss
+
+    options = R.options_of(args, cfg, sha256(args.init) if args.init else "")
+    base_sha = R.digest(model.token_embedding.weight)
+    ckpt_path, ckpt = open_checkpoint(args, options)
+    touched = torch.zeros(model.token_embedding.num_embeddings, dtype=torch.bool)
+    start = R.restore(ckpt, model, opts, touched, base_sha, ckpt_path) if ckpt else 0
+    t_pool = time.perf_counter()
+    pool, records, pool_sha = cached_pool(args.checkpoint_dir, args.seed, args.pool, size, args.variants, args.workers,
+                                          args.textures)
+    mix = tuple(float(v) for v in args.state_mix.split(","))
+    batches = PoolBatches(pool, records, args.seed, args.batch, ctx, mix)
+    scenes, pixels = monitor_set(args.seed, args.monitor, size, args.textures)
+    say = logger(args.log)
+    command = "python -m tools.mini_clip.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    say(f"# {command}\n# config {json.dumps(cfg)}\n# params {sum(p.numel() for p in model.parameters())}")
+    pool_s = time.perf_counter() - t_pool
+    say(f"# pool: {pool.shape[0]} scenes x {pool.shape[1]} renderings in {pool_s:.0f} s")
+    runs = list(ckpt["runs"]) if ckpt else []
+    elapsed_before = sum(r["wall_seconds"] for r in runs)
+    if ckpt:
+        say(f"# resumed from {ckpt_path} at step {start} ({len(runs)} earlier run(s), {elapsed_before:.0f} s of training)")
+        if ckpt.get("pool_sha256", pool_sha) != pool_sha:
+            raise SystemExit(f"error: {ckpt_path}: the training pool rendered now differs from the checkpoint's "
+                             "(the scene generator changed?); resume with the code that started the run")
+        if runs and runs[-1]["threads"] != args.threads:
+            say(f"# warning: --threads {args.threads}, the checkpoint's run had {runs[-1]['threads']}: "
+                "the continuation is not bit-for-bit the same as one run")
+    stop = min(args.steps, args.stop_after or args.steps)
+
+    written = {"step": None}
+
+    def write(done: int, last: dict, wall: float) -> None:
+        written["step"] = done
+        extra = {"monitor": last, "runs": runs + [R.run_record(start, done, wall, args.threads)],
+                 "config_name": Path(args.config).stem, "data_seed": args.seed, "planned_steps": args.steps,
+                 "pool_sha256": pool_sha}
+        R.save(ckpt_path, R.state(model, opts, touched, done, options, base_sha, extra))
+        say(f"# checkpoint: step {done} -> {ckpt_path} ({ckpt_path.stat().st_size / 1e6:.1f} MB)")
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    with R.StopRequest() as req:
+        run = {"model": model, "opts": opts, "loss_fn": ClipLoss(), "batches": batches, "touched": touched,
+               "scenes": scenes, "pixels": pixels, "ctx": ctx, "last": dict(ckpt["monitor"]) if ckpt else {},
+               "loss_args": {"seed": args.seed, "batch": args.batch, "mix": mix}, "elapsed_before": elapsed_before,
+               "stop_request": req, "write": write if ckpt_path else None}
+        done, last = run_steps(args, run, start, stop, say)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if ckpt_path and written["step"] != done:  # at the end, unless the loop has just written it
+            write(done, last, wall)
+    if done < stop:
+        raise SystemExit(f"stopped at step {done} of {stop}: continue with the same command and --resume")
+    finish(args, cfg, model, done, last, elapsed_before + wall, pool_s, cpu, command, say)
+
+
+def finish(args, cfg, model, stop: int, last: dict, wall: float, pool_s: float, cpu: float, command: str, say) -> None:
+    """The final weights (fp16 safetensors, the training facts in the metadata)."""
+    meta = {"config": Path(args.config).stem, "config_json": json.dumps(cfg), "seed": args.seed,
             "init": f"{args.init.name} sha256 {sha256(args.init)[:12]}" if args.init else "",
             "steps": args.steps, "stopped_after": stop, "state_mix": args.state_mix,
-            "batch": args.batch, "variants": args.variants, "pool": args.pool, "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
-            "threads": args.threads, "wall_seconds": round(wall, 1), "pool_seconds": round(pool_s, 1), "main_process_cpu_seconds": round(cpu, 1),
+            "batch": args.batch, "variants": args.variants, "pool": args.pool, "lr": args.lr, "warmup": args.warmup,
+            "weight_decay": args.weight_decay, "textures": args.textures,
+            "threads": args.threads, "wall_seconds": round(wall, 1), "pool_seconds": round(pool_s, 1),
+            "main_process_cpu_seconds": round(cpu, 1),
             "command": command, "torch": torch.__version__, "platform": platform.platform(),
             "monitor": json.dumps(last), "note": "mini-CLIP trained on synthetic scenes - not a real CLIP"}
     save(model, args.out, meta)
     args.out.with_suffix(".partial.safetensors").unlink(missing_ok=True)
-    say(f"done: pool {pool_s:.0f} s, {stop} steps in {wall:.0f} s wall ({cpu:.0f} s CPU in the training process); saved {args.out}")
+    say(f"done: pool {pool_s:.0f} s, {stop} steps in {wall:.0f} s wall ({cpu:.0f} s CPU in the training process); "
+        f"saved {args.out}")
 
 
 if __name__ == "__main__":

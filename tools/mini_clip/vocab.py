@@ -1,5 +1,5 @@
-"""What a scene can contain: object kinds, colours, backgrounds, defects, and the
-object-defect combinations that never appear in training."""
+"""What a scene can contain: object kinds, texture classes, colours, backgrounds, defects,
+and the class-defect combinations that never appear in training."""
 
 from __future__ import annotations
 
@@ -33,10 +33,45 @@ HELD_OUT = frozenset({
 })
 
 
+# texture classes (MVTec AD's texture names): the material fills the frame (surfaces.py)
+TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
+TEXTURE_WORDS = {  # the class name first: captions use it most often
+    "carpet": ("carpet", "woven carpet", "rug", "woven fabric"),
+    "grid": ("grid", "wire mesh", "metal grid", "mesh"),
+    "leather": ("leather", "grained leather", "hide"),
+    "tile": ("tile", "stone tile", "terrazzo tile", "speckled stone"),
+    "wood": ("wood", "wooden board", "timber", "wood grain"),
+}
+# defects of a texture: those of an object that make sense on a flat surface, and two of its own
+TEXTURE_DEFECTS = ("scratch", "hole", "stain", "crack", "contamination", "thread", "colour")
+ALL_DEFECTS = DEFECTS + tuple(d for d in TEXTURE_DEFECTS if d not in DEFECTS)
+TEXTURE_HELD_OUT = frozenset({
+    ("carpet", "stain"), ("grid", "crack"), ("leather", "scratch"), ("tile", "thread"), ("wood", "hole"),
+})
+CLASSES = OBJECTS + TEXTURES
+
+
+def is_texture(kind: str) -> bool:
+    return kind in TEXTURES
+
+
+def held_out(kind: str, defect: str | None) -> bool:
+    """Whether ``kind`` with ``defect`` never occurs in training (objects and textures)."""
+    return (kind, defect) in HELD_OUT or (kind, defect) in TEXTURE_HELD_OUT
+
+
+def defects_of(kind: str) -> tuple[str, ...]:
+    if kind in TEXTURES:
+        return TEXTURE_DEFECTS
+    if kind in OBJECTS:
+        return DEFECTS
+    raise ValueError(f"unknown class {kind!r}; choose from {', '.join(CLASSES)}")
+
+
 def readable(kind: str) -> str:
     return kind.replace("_", " ")
 
 
 def allowed_defects(kind: str, training: bool) -> tuple[str, ...]:
     """Defects a scene of ``kind`` may have (training excludes the held-out combinations)."""
-    return tuple(d for d in DEFECTS if not (training and (kind, d) in HELD_OUT))
+    return tuple(d for d in defects_of(kind) if not (training and held_out(kind, d)))
