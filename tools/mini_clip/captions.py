@@ -83,6 +83,20 @@ def _state(scene: Scene, rng, mix=STATE_MIX) -> tuple[list[str], list[str], str]
     return [_pick(rng, GENERIC_BAD[0])], [_pick(rng, post)], _pick(rng, adj)  # both
 
 
+def _with_state_sentence(base: str, scene: Scene, rng, word: str) -> str:
+    """``base`` followed by a sentence stating the condition (intact, or ``word``)."""
+    if scene.defect is None:
+        return f"{base} {_pick(rng, STATE_SENTENCES_GOOD).format(_pick(rng, GOOD[0]))}"
+    return f"{base} {_pick(rng, STATE_SENTENCES_BAD).format(word)}"
+
+
+def _finish(text: str, rng) -> str:
+    """A one-sentence caption, sometimes with a suffix, and its full stop."""
+    if rng.random() < 0.1:
+        text += " " + _pick(rng, SUFFIXES)
+    return text + "."
+
+
 TEXTURE_NOUNS = ("", "", " texture", " surface", " pattern", " material", " sample")
 TEXTURE_PREFIX = ("a close-up of", "a macro photo of", "a texture image of", "a surface image of")
 
@@ -108,12 +122,8 @@ def texture_caption(scene: Scene, rng: np.random.Generator, mix=STATE_MIX) -> st
         return ", ".join(tags)
     else:  # state in a second sentence
         base = f"{_pick(rng, STYLE_PREFIX[scene.style])} {_article(colour or names[0])} {colour + ' ' if colour else ''}{names[0]} surface."
-        if scene.defect is None:
-            return f"{base} {_pick(rng, STATE_SENTENCES_GOOD).format(_pick(rng, GOOD[0]))}"
-        return f"{base} {_pick(rng, STATE_SENTENCES_BAD).format(word)}"
-    if rng.random() < 0.1:
-        text += " " + _pick(rng, SUFFIXES)
-    return text + "."
+        return _with_state_sentence(base, scene, rng, word)
+    return _finish(text, rng)
 
 
 def caption(scene: Scene, rng: np.random.Generator, mix=STATE_MIX) -> str:
@@ -141,9 +151,5 @@ def caption(scene: Scene, rng: np.random.Generator, mix=STATE_MIX) -> str:
         return ", ".join(tags)
     else:  # state in a second sentence
         base = f"{_pick(rng, STYLE_PREFIX[scene.style])} {_article(colour or kind)} {colour + ' ' if colour else ''}{kind} {bg}."
-        if scene.defect is None:
-            return f"{base} {_pick(rng, STATE_SENTENCES_GOOD).format(_pick(rng, GOOD[0]))}"
-        return f"{base} {_pick(rng, STATE_SENTENCES_BAD).format(word)}"
-    if rng.random() < 0.1:
-        text += " " + _pick(rng, SUFFIXES)
-    return text + "."
+        return _with_state_sentence(base, scene, rng, word)
+    return _finish(text, rng)

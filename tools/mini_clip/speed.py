@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from tools.mini_clip.train import CONFIG, build_model, load_config, normalise, optimizers  # noqa: E402
+from tools.mini_clip.train import CONFIG, build_model, load_config, normalise, optimise, optimizers  # noqa: E402
 
 
 def measure(cfg: dict, batch: int, seconds: float, warmup: int = 3) -> dict:
@@ -34,13 +34,7 @@ def measure(cfg: dict, batch: int, seconds: float, warmup: int = 3) -> dict:
     tokens[:, 16:] = 0
     steps, t0 = 0, None
     while True:
-        img, txt, scale = model(normalise(x), tokens)
-        loss = loss_fn(img, txt, scale)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in opts:
-            opt.step()
+        optimise(model, opts, loss_fn, normalise(x), tokens)
         steps += 1
         if steps == warmup:
             t0 = time.perf_counter()

@@ -215,6 +215,18 @@ def logger(path: Path | None):
     return say
 
 
+def optimise(model, opts, loss_fn, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """One optimisation step of the contrastive loss on a batch; the loss."""
+    img, txt, scale = model(pixels, tokens)
+    loss = loss_fn(img, txt, scale)
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in opts:
+        opt.step()
+    return loss
+
+
 def run_steps(args, run: dict, start: int, stop: int, say) -> tuple[int, dict]:
     """Steps ``start .. stop - 1`` (fewer when a stop is requested); ``(steps done, last monitor)``.
     ``run`` holds the model, optimisers, batches, monitor set and checkpoint writer."""
@@ -226,13 +238,7 @@ def run_steps(args, run: dict, start: int, stop: int, say) -> tuple[int, dict]:
         for opt in opts:
             for g in opt.param_groups:
                 g["lr"] = lr
-        img, txt, scale = model(normalise(x), tokens)
-        loss = loss_fn(img, txt, scale)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in opts:
-            opt.step()
+        loss = optimise(model, opts, loss_fn, normalise(x), tokens)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         run["touched"][tokens.unique()] = True  # the embedding rows SparseAdam has updated
