@@ -23,6 +23,7 @@ from PIL import Image
 
 from .io.images import load_image
 from .methods.base import ZeroShotFeatures
+from .registry import trait
 from .results import Thresholds
 from .scoring.fusion import fuse, reference_stats
 
@@ -207,7 +208,7 @@ class ReferenceFitting:
         """
         if not 0 < fpr < 1:
             raise ValueError(f"fpr must be in (0, 1), got {fpr}")
-        if getattr(self.method, "mutual", False):
+        if trait(self.method, "mutual"):
             raise ValueError(f"{self.method.name} scores depend on the images scored together, so thresholds "
                              "from other images do not carry over: it cannot be calibrated")
         self.thresholds = None

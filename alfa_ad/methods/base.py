@@ -200,3 +200,32 @@ class ReferenceBank:
     @property
     def bank_size(self) -> int:
         return 0 if self.refs is None else self.refs.size
+
+
+class PromptFree:
+    """What methods that read no prompt share (patchknn, musc).  The detector still encodes a
+    class's prompts for every method (the unified templates, cached); such a method takes only
+    their counts, reports every prompt as not kept, and smooths its patch maps with
+    ``self.blur`` (an eighth of a patch unless given, as ALFA)."""
+
+    @classmethod
+    def default_prompt_sources(cls, config: Any) -> tuple[str, ...]:
+        return ("template",)
+
+    def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[int, int]:
+        """How many normal and abnormal prompts there are (for the all-False kept masks)."""
+        return int(normal.shape[0]), int(abnormal.shape[0])
+
+    @staticmethod
+    def default_sigma(backbone: Any) -> float:
+        """An eighth of a patch, in model pixels."""
+        return backbone.image_size[0] / backbone.grid[0] / 8
+
+    @staticmethod
+    def none_kept(batch: int, text: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """All-False kept masks ``(B, N+)``, ``(B, N-)``: no prompt was read."""
+        return torch.zeros(batch, text[0], dtype=torch.bool), torch.zeros(batch, text[1], dtype=torch.bool)
+
+    def finish(self, patch_map: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+        """``(B, gh, gw)`` -> maps at model resolution: bilinear upsampling, Gaussian smoothing."""
+        return self.blur(upsample(patch_map.to(self.backbone.device), self.backbone.image_size))

@@ -31,12 +31,12 @@ from ..scoring.fusion import FusionStats
 from ..scoring.mutual import aggregate_neighbourhood, interval_bounds, musc_layers, mutual_scores, normalize_layer
 from ..scoring.mutual import rescore_images
 from ..scoring.smoothing import GaussianBlur
-from .base import BatchScores, ZeroShotFeatures, upsample
+from .base import BatchScores, PromptFree, ZeroShotFeatures
 
 NO_REFERENCES = "musc is zero-shot from the images scored together: it takes no normal references (use --shots 0)"
 
 
-class MuscMethod:
+class MuscMethod(PromptFree):
     name = "musc"
     peak_of_visual = False
     mutual: ClassVar[bool] = True  # scores a predict call's images against each other (score_together)
@@ -84,8 +84,7 @@ class MuscMethod:
         self.group_size = int(group)
         self.backbone = backbone
         self.scales, self.contextual, self.fusion, self.scorer = (), "off", "raw", None
-        h = backbone.image_size[0]
-        self.blur = GaussianBlur(h / backbone.grid[0] / 8 if sigma is None else sigma).to(backbone.device)
+        self.blur = GaussianBlur(self.default_sigma(backbone) if sigma is None else sigma).to(backbone.device)
 
     @property
     def batch_dependence(self) -> str:
@@ -93,15 +92,6 @@ class MuscMethod:
         return (f"musc scores each image against the other images of its class scored with it, in groups of at "
                 f"most {self.group_size} in run order (near-equal groups); the same group gives the same scores, "
                 "another group (other images, or what a --resume left) other ones")
-
-    @classmethod
-    def default_prompt_sources(cls, config) -> tuple[str, ...]:
-        """The unified templates, only because the detector asks every method for a class's
-        text; musc reads none of it (every prompt is reported as not kept)."""
-        return ("template",)
-
-    def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[int, int]:
-        return int(normal.shape[0]), int(abnormal.shape[0])
 
     # ------------------------------------------------------------- features
     def layer_tokens(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -123,10 +113,6 @@ class MuscMethod:
                 s = mutual_scores(aggregate_neighbourhood(tokens, grid, r), *self.interval)
                 total = s if total is None else total + s
         return (total / (2 * len(layers) * len(self.degrees))).clamp(0.0, 1.0)
-
-    def finish(self, patch_map: torch.Tensor, normalized: bool = False) -> torch.Tensor:
-        """``(B, gh, gw)`` -> maps at model resolution: bilinear upsampling, Gaussian smoothing."""
-        return self.blur(upsample(patch_map.to(self.backbone.device), self.backbone.image_size))
 
     # ------------------------------------------------------------- scoring
     @torch.inference_mode()
@@ -152,13 +138,12 @@ class MuscMethod:
         patch = self.patch_scores(layers)
         maps = self.finish(patch.view(-1, *self.backbone.grid)).float().cpu()
         peak = patch.amax(-1)
-        scores = (rescore_images(peak, embeddings, self.rescore_ks) if self.rescore_ks else peak).cpu()
+        scores = rescore_images(peak, embeddings, self.rescore_ks).cpu()  # () keeps the maxima
         peak, embeddings = peak.cpu(), embeddings.cpu()
         out, start = [], 0
         for b in sizes:
             rows = slice(start, start + b)
-            out.append(BatchScores(scores[rows], peak[rows], maps[rows], torch.zeros(b, text[0], dtype=torch.bool),
-                                   torch.zeros(b, text[1], dtype=torch.bool), embeddings[rows]))
+            out.append(BatchScores(scores[rows], peak[rows], maps[rows], *self.none_kept(b, text), embeddings[rows]))
             start += b
         return out
 

@@ -34,7 +34,7 @@ from ..model.backbone import ClipBackbone
 from ..scoring.fewshot import fit_references, visual_map
 from ..scoring.fusion import FusionStats
 from ..scoring.smoothing import GaussianBlur
-from .base import BatchScores, ReferenceBank, ZeroShotFeatures, extract_references, upsample
+from .base import BatchScores, PromptFree, ReferenceBank, ZeroShotFeatures, extract_references
 
 MASKINGS = ("off", "pca")
 MASK_BORDER = 0.2  # the central crop that must be foreground: the grid without 20% on each side
@@ -86,7 +86,7 @@ def pca_foreground(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tenso
     return closed.flatten(1)
 
 
-class PatchKnnMethod(ReferenceBank):
+class PatchKnnMethod(PromptFree, ReferenceBank):
     name = "patchknn"
     peak_of_visual = False
     needs_normals: ClassVar[bool] = True  # no zero-shot part: the CLI and the tests ask for references
@@ -136,24 +136,12 @@ class PatchKnnMethod(ReferenceBank):
         self.scales, self.contextual = (), "off"
         self.masking, self.rotations, self.top_percent = masking, bool(rotations), float(top_percent)
         self._init_bank(backbone, few_shot_scorer, memory_layers, fusion)
-        if sigma is None:  # an eighth of a patch, in model pixels (section "patchknn" of docs/method.md)
-            sigma = h / backbone.grid[0] / 8
-        self.blur = GaussianBlur(sigma).to(backbone.device)
-
-    @classmethod
-    def default_prompt_sources(cls, config) -> tuple[str, ...]:
-        """The unified templates, only because the detector asks every method for a class's
-        text; patchknn reads none of it (every prompt is reported as not kept)."""
-        return ("template",)
+        self.blur = GaussianBlur(self.default_sigma(backbone) if sigma is None else sigma).to(backbone.device)
 
     @property
     def layer(self) -> int | None:
         """The block (0-based) whose ln_post patch tokens are the features (bank scorer)."""
         return self.scorer.layers[0] if self.scorer.name == "bank" else None
-
-    def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[int, int]:
-        """How many normal and abnormal prompts there are (for the all-False kept masks)."""
-        return int(normal.shape[0]), int(abnormal.shape[0])
 
     # ------------------------------------------------------------- features
     def token_sets(self, pixels: torch.Tensor):
@@ -212,10 +200,6 @@ class PatchKnnMethod(ReferenceBank):
         raise ValueError("patchknn has no zero-shot part: it scores against normal references only")
 
     # ------------------------------------------------------------- scoring
-    def finish(self, patch_map: torch.Tensor, normalized: bool = False) -> torch.Tensor:
-        """``(B, gh, gw)`` -> maps at model resolution: bilinear upsampling, Gaussian smoothing."""
-        return self.blur(upsample(patch_map, self.backbone.image_size))
-
     def patch_scores(self, sets: Sequence[torch.Tensor]) -> torch.Tensor:
         """``(B, P)``: each patch's distance to its nearest bank patch (mean over feature
         sets), 0 off the foreground under ``masking="pca"``."""
@@ -233,8 +217,6 @@ class PatchKnnMethod(ReferenceBank):
         patch = self.patch_scores(sets)
         scores = top_percent_mean(patch, self.top_percent)
         maps = self.finish(patch.view(-1, *self.backbone.grid))
-        b = pixels.shape[0]
-        kept_normal = torch.zeros(b, text[0], dtype=torch.bool)
-        kept_abnormal = torch.zeros(b, text[1], dtype=torch.bool)
+        kept_normal, kept_abnormal = self.none_kept(pixels.shape[0], text)
         scores = scores.float().cpu()
         return BatchScores(scores, scores, maps.float().cpu(), kept_normal, kept_abnormal, feats.g.float().cpu())
