@@ -33,6 +33,7 @@ from .methods.alfa_head import AlfaHead
 from .outputs.tables import METRICS, mean_over
 from .runner import ClassEval
 from .scoring.placement import DEFAULT_PLACEMENT
+from .scoring.refine import RegionRefiner
 from .scoring.windows import harmonic_mean
 from .scoring.zero_shot import image_score
 
@@ -50,11 +51,13 @@ class AblationConfig:
     scales: tuple[int, ...] = DEFAULT_SCALES
     text_projection: str = "none"
     global_in_map: bool = True  # the image-level score as one more term of the map's harmonic mean
+    refine: bool = False  # anomaly region refinement with the default blocks (scoring/refine.py)
 
     def describe(self) -> dict[str, str]:
         return {"configuration": self.name, "prompt sources": " + ".join(self.sources),
                 "S_c": self.contextual, "aligner": self.aligner, "global in map": "yes" if self.global_in_map else "no",
-                "scales": ",".join(map(str, self.scales)), "text projection": self.text_projection}
+                "scales": ",".join(map(str, self.scales)), "text projection": self.text_projection,
+                "refine": "yes" if self.refine else "no"}
 
 
 FULL = AblationConfig("alfa-ad default", (TEMPLATES,))
@@ -89,6 +92,7 @@ GRID: tuple[AblationConfig, ...] = (
     AblationConfig("default, image score not in the map", (TEMPLATES,), global_in_map=False),
     PAPER,
     AblationConfig("default + learned prompts", (TEMPLATES, LEARNED)),
+    AblationConfig("default + refinement", (TEMPLATES,), refine=True),
 )
 
 
@@ -98,7 +102,7 @@ def applicable(grid: Sequence[AblationConfig], available: set[str]) -> list[Abla
     out, seen = [], set()
     for cfg in grid:
         sources = tuple(s for s in cfg.sources if s in available)
-        key = (sources, cfg.contextual, cfg.aligner, cfg.scales, cfg.text_projection, cfg.global_in_map)
+        key = (sources, cfg.contextual, cfg.aligner, cfg.scales, cfg.text_projection, cfg.global_in_map, cfg.refine)
         if sources and key not in seen:
             seen.add(key)
             out.append(replace(cfg, sources=sources))
@@ -151,6 +155,7 @@ def run_ablation(detector: Detector, dataset: dict[str, list[Sample]], grid: Seq
     heads = {name: AlfaHead(build_aligner(name, bb), bb.grid, bb.image_size, scales, base.temperature, base.k,
                             base.blur.sigma).to(bb.device)
              for name in dict.fromkeys(c.aligner for c in configs)}
+    refiner = RegionRefiner(bb) if any(c.refine for c in configs) else None
     rows = [AblationRow(c) for c in configs]
     timer = _Timer(bb.device)
     for cls, samples in dataset.items():
@@ -181,11 +186,15 @@ def run_ablation(detector: Detector, dataset: dict[str, list[Sample]], grid: Seq
                     t_local[al] = {"prepare": t_prep}
                     for s_, (windows, _) in zip(scales, head.geometry()):
                         locals_[al, s_], t_local[al][s_] = timer(lambda: head.aligner(feats, state, windows))
+                affinities, t_refine = timer(lambda: refiner.affinities(pixels)) if refiner else (None, 0.0)
                 for row, ev, c in zip(rows, evals, configs):
                     if text[c.sources] is None:
                         continue
                     head = heads[c.aligner]
                     (score, amap), t_score = timer(lambda: _score(head, feats, locals_, c, text[c.sources], scales))
+                    if c.refine:
+                        amap, t_apply = timer(lambda: refiner.apply(amap[None], affinities).maps[0])
+                        t_score += t_apply + t_refine
                     row.seconds += t_fwd + t_local[c.aligner]["prepare"] + sum(t_local[c.aligner][x] for x in c.scales)
                     row.seconds += t_score
                     row.images += 1

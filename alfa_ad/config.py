@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .presets import PRESETS, preset_fields
 from .scoring.placement import PLACEMENTS, parse_placement
+from .scoring.refine_spec import parse_layers
 from .registry import ALIGNERS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, FEW_SHOT_SCORERS, METHODS, PROMPT_SOURCES
 
 
@@ -80,6 +81,10 @@ class DetectorConfig:
     # prompt sources by name (alfa_ad.registry.PROMPT_SOURCES); None: the method's defaults, with
     # ``llm_prompts`` / ``prompts`` and ``learned`` (a built detector records the names it uses)
     prompt_sources: tuple[str, ...] | None = None
+    # anomaly region refinement (CLIP-ADA; alfa_ad/scoring/refine.py): off, or on with these
+    # vision blocks, deepest first (None: the default blocks; a built detector records them)
+    refine: bool = False
+    refine_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.preset is not None:
@@ -100,6 +105,11 @@ class DetectorConfig:
                                         for n in self.prompt_sources)
             if not self.prompt_sources:
                 raise ConfigFieldError("prompt_sources", "names no source; leave it out for the method's defaults")
+        if self.refine_layers is not None:
+            try:
+                self.refine_layers = parse_layers(self.refine_layers)
+            except ValueError as exc:
+                raise ConfigFieldError("refine_layers", str(exc).removeprefix("refine layers "), str(exc)) from None
         self.tile = str(self.tile)
         self.batch_size = parse_batch_size(self.batch_size)
         self.options = dict(self.options)
@@ -108,6 +118,7 @@ class DetectorConfig:
         """JSON-ready dict (tuples as lists)."""
         out = asdict(self)
         out["scales"] = None if self.scales is None else list(self.scales)
+        out["refine_layers"] = None if self.refine_layers is None else list(self.refine_layers)
         out["prompt_sources"] = None if self.prompt_sources is None else list(self.prompt_sources)
         return out
 

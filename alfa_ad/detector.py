@@ -96,6 +96,12 @@ class Detector(ReferenceFitting, ClassStates):
                 raise ValueError(f"tile {self.config.tile!r}: {self.method.name} scores whole images against each "
                                  "other (a tile would score its own overlapping siblings); use tile none")
             self.config = replace(self.config, tile="none")
+        self.refiner = None  # anomaly region refinement (refine option; alfa_ad/scoring/refine.py)
+        if self.config.refine:
+            from .scoring.refine import RegionRefiner
+
+            self.refiner = RegionRefiner(self.backbone, self.config.refine_layers)
+            self.config = replace(self.config, refine_layers=self.refiner.layers)
         directory = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.text_cache = TextEmbeddingCache(directory)
         self._init_references()  # few-shot state (alfa_ad/reference_fitting.py)
@@ -186,17 +192,22 @@ class Detector(ReferenceFitting, ClassStates):
         text = self.class_text(class_name)
         ps = self.prompts(class_name)
         groups, units = self._units(pil)
+        kept: list[torch.Tensor] = []  # the model inputs, when the maps are refined afterwards
+        batches = self._unit_batches(pil, units)
+        if self.refiner is not None:
+            batches = _keeping(batches, kept)
         if self.backend is not None:  # an exported zero-shot model (use_backend)
-            outs = [self.backend(pixels, text) for pixels in self._unit_batches(pil, units)]
+            outs = [self.backend(pixels, text) for pixels in batches]
         else:
             fusion = self._fusion_stats(class_name)
-            batches = self._unit_batches(pil, units)
             if trait(self.method, "mutual"):  # the images score each other (musc): all at once
                 outs = self.method.score_together(batches, text, fusion)
             else:
                 outs = [self.method(pixels, text, fusion) for pixels in batches]
         cat = {name: torch.cat([getattr(o, name) for o in outs]) if outs and getattr(outs[0], name) is not None
                else None for name in ("scores", "global_scores", "maps", "kept_normal", "kept_abnormal", "embeddings")}
+        if self.refiner is not None:
+            cat["maps"] = self._refine(kept, cat["maps"])
         results: list[DetectionResult] = []
         for im, group in zip(pil, groups):
             j = group[int(cat["scores"][group].argmax())]
@@ -228,6 +239,15 @@ class Detector(ReferenceFitting, ClassStates):
             ))
         return results
 
+    def _refine(self, pixels: list[torch.Tensor], maps: torch.Tensor) -> torch.Tensor:
+        """The maps of the units in ``pixels`` (batches, in order) refined (``refine`` option)."""
+        out, start = [], 0
+        for batch in pixels:
+            n = batch.shape[0]
+            out.append(self.refiner(batch, maps[start : start + n]).maps.cpu())
+            start += n
+        return torch.cat(out) if out else maps
+
     def _top_descriptors(self, embedding: torch.Tensor, class_name: str, top: int) -> list[Descriptor]:
         items, emb = self.class_descriptors(class_name)
         if not items:
@@ -249,6 +269,13 @@ class Detector(ReferenceFitting, ClassStates):
         backend = create_backend(name, self, Path(exported) if exported else None, precision,
                                  self.cache_dir or default_cache_dir())
         self.backend = None if name == "torch" else backend
+
+
+def _keeping(batches, kept: list):
+    """``batches`` as they come, each also appended to ``kept``."""
+    for batch in batches:
+        kept.append(batch)
+        yield batch
 
 
 def _select(prompts: Sequence[str], keep: torch.Tensor | None) -> list[str]:

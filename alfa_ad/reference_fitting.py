@@ -220,6 +220,9 @@ class ReferenceFitting:
             maxima = np.array([r.anomaly_map.max() for r in results])
             source = "calibration images"
         else:
+            if getattr(self, "refiner", None) is not None:
+                raise ValueError("leave-one-out calibration scores maps without the image pass refinement needs: "
+                                 "with refine, calibrate on normal images (calibrate(images); CLI: --calibrate DIR)")
             if len(self.normals) < 2:
                 raise ValueError("leave-one-out calibration needs at least 2 normal references (fit_normals)")
             if not self._loo.chosen:

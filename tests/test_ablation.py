@@ -33,14 +33,15 @@ def test_grid_covers_the_papers_tables_and_drops_repeats():
     assert {c.text_projection for c in GRID} == {"none", "rank1"}
     assert {c.contextual for c in GRID} == {"off", "global", "soft", "all"}
     assert {c.global_in_map for c in GRID} == {True, False}
+    assert {c.refine for c in GRID} == {True, False}
     full = applicable(GRID, {"template", "llm", "learned"})
     assert len(full) == len(GRID) and FULL in full
     # without LLM prompts the "+ LLM" rows repeat the template rows: dropped; variants of the
     # full model keep their other difference and run on templates only
     templates = applicable(GRID, {"template"})
     assert all(c.sources == ("template",) for c in templates)
-    keys = {(c.contextual, c.aligner, c.scales, c.text_projection, c.global_in_map) for c in templates}
-    assert len(keys) == len(templates) == 15
+    keys = {(c.contextual, c.aligner, c.scales, c.text_projection, c.global_in_map, c.refine) for c in templates}
+    assert len(keys) == len(templates) == 16
     assert not any(c.name == "default + learned prompts" for c in applicable(GRID, {"template", "llm"}))
     assert applicable([AblationConfig("x", ("llm",))], {"template"}) == []
 
@@ -57,7 +58,7 @@ def test_ablate_writes_one_row_per_configuration(ablation_out):
     out, result = ablation_out
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "ablation.csv", newline="")))
-    assert len(rows) == 15 and all(r["class"] == "widget" for r in rows)  # one class: no mean rows
+    assert len(rows) == 16 and all(r["class"] == "widget" for r in rows)  # one class: no mean rows
     for r in rows:
         assert all(0 <= float(r[m]) <= 1 for m in METRICS)
         assert float(r["latency_ms_per_image"]) > 0
@@ -72,8 +73,8 @@ def test_ablate_writes_one_row_per_configuration(ablation_out):
     assert float(by["masked", "2,3", "all", "none"]["latency_ms_per_image"]) > float(
         by["none", "2,3,4", "all", "none"]["latency_ms_per_image"])
     md = (out / "ablation.md").read_text()
-    assert md.count("\n| ") == 16 and "planted weights" in md and "ms / image" in md
-    assert "15 configurations" in result.output
+    assert md.count("\n| ") == 17 and "planted weights" in md and "ms / image" in md
+    assert "16 configurations" in result.output
 
 
 def test_ablation_row_equals_alfa_ad_run(demo_root, ablation_out, tmp_path):

@@ -47,6 +47,9 @@ def learn_prompts_cmd(
                                   "(cut-paste and noise patches; 0: none)."),
     patience: int = typer.Option(0, "--patience", help="0: fixed schedule; N: stop after N epochs without a better "
                                  "validation loss (validation: mirrored normal images and fresh synthetic defects)."),
+    objective: str = typer.Option("promptad", "--objective", help="promptad: contrastive and margin losses "
+                                  "(PromptAD); clip-ada: self-supervised focal + dice losses on the synthetic "
+                                  "defects' windows with a linear visual adapter folded into the prompts (CLIP-ADA)."),
     model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model name (default {DEFAULT_MODEL})."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
@@ -72,7 +75,7 @@ def learn_prompts_cmd(
     if lr <= 0:
         fail(f"--lr must be positive, got {lr}")
     try:
-        config = LearnConfig(epochs=epochs, lr=lr, synthetic=synthetic, patience=patience)
+        config = LearnConfig(epochs=epochs, lr=lr, synthetic=synthetic, patience=patience, objective=objective)
     except ValueError as exc:
         fail(str(exc))
     check_device(device)

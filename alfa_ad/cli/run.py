@@ -77,6 +77,8 @@ def run(
     backend: str = opt.BACKEND,
     exported: Optional[Path] = opt.EXPORTED,
     precision: str = opt.PRECISION,
+    refine: bool = opt.REFINE,
+    refine_layers: Optional[str] = opt.REFINE_LAYERS,
 ) -> None:
     """Score every test image under --data; write scores, overlays, masks and metrics to --out."""
     execute(RunArgs(**locals()))  # first statement: locals() is exactly the parameters
@@ -195,7 +197,8 @@ def make_detector(a: RunArgs, shots: Shots, data: RunData):
     """The detector (model loaded) on the chosen backend, with the classes' prompt names set."""
     detector = build_detector(a.method, a.model, a.pretrained, a.checkpoint, a.weights, a.seed, a.device, a.scales,
                               a.cache_dir, a.batch_size, a.prompts, a.llm, a.anomalib_compat, a.text, a.tile,
-                              a.aligner, a.few_shot_scorer, a.fusion, a.learned, a.contextual, a.preset)
+                              a.aligner, a.few_shot_scorer, a.fusion, a.learned, a.contextual, a.preset,
+                              refine=a.refine, refine_layers=a.refine_layers)
     for cls, lib in data.libs.items():
         detector.set_prompt_class(data.names.get(cls, cls), lib)
     if a.backend != "torch" and a.exported is None:
@@ -236,7 +239,7 @@ def run_options(a: RunArgs, shots: Shots, seed: int, seed_list: tuple[int, ...],
                          engine=engine_name)
     if a.calibrate is not None:
         options.calibrate, options.fpr = str(a.calibrate), a.fpr
-    elif calibrates_by_leave_one_out(shots):
+    elif calibrates_by_leave_one_out(shots) and not a.refine:  # refined maps: calibration images only
         options.calibrate, options.fpr = "leave-one-out", a.fpr
     return options
 

@@ -92,6 +92,10 @@ RULES = typer.Option(None, "--rules", help="Normality rules (text or YAML) for -
 BACKEND = typer.Option("torch", "--backend", help="What runs the model: " + BACKENDS.help() + ".")
 EXPORTED = typer.Option(None, "--exported", help="Export folder (alfa-ad export) for --backend "
                         "onnxruntime/openvino (default: exported into the cache on first use).")
+REFINE = typer.Option(False, "--refine/--no-refine", help="Anomaly region refinement (CLIP-ADA): move each "
+                      "patch's score towards patches with similar features at several blocks, deepest first.")
+REFINE_LAYERS = typer.Option(None, "--refine-layers", help="Blocks --refine reads, deepest first, 0-based "
+                             "(default: the last, 3/4 and 1/2 of the depth, e.g. 11,8,5 for 12 blocks).")
 PRECISION = typer.Option("fp32", "--precision", help="fp32 or int8, for the export made on first use.")
 
 
@@ -147,3 +151,5 @@ class RunArgs:
     backend: str
     exported: Optional[Path]
     precision: str
+    refine: bool = False
+    refine_layers: Optional[str] = None

@@ -52,7 +52,7 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
                    text: bool = True, tile: str = "auto", aligner: str = DEFAULT_ALIGNER,
                    few_shot_scorer: str = "bank", fusion: str = "raw",
                    learned: Optional[Path] = None, contextual: Optional[str] = None,
-                   preset: Optional[str] = None):
+                   preset: Optional[str] = None, refine: bool = False, refine_layers: Optional[str] = None):
     """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error, and
     all but the model's own (a scale larger than its patch grid, say) come before torch loads."""
     from ..model.weights import WeightsUnavailableError, require_pretrained
@@ -65,7 +65,10 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         checkpoint=str(checkpoint) if checkpoint else None, weights=weights, seed=seed, device=device,
         scales=None if scales is None else parse_ints(scales, "--scales"), tile=tile, batch_size=batch_size,
         prompts=str(prompts) if prompts else None, llm_prompts=llm, few_shot_scorer=few_shot_scorer,
-        fusion=fusion, learned=str(learned) if learned else None, contextual=contextual, preset=preset)
+        fusion=fusion, learned=str(learned) if learned else None, contextual=contextual, preset=preset,
+        refine=refine, refine_layers=refine_layers)
+    if refine_layers is not None and not refine:
+        fail("--refine-layers applies with --refine")
     check_detector_options(method, aligner, tile, prompts, learned, anomalib_compat, text, contextual)
     try:  # missing default weights: the one-line error before torch and the model code load
         require_pretrained(model, pretrained, weights, checkpoint)

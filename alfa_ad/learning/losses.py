@@ -90,3 +90,49 @@ def prompt_loss(normal: torch.Tensor, hand: torch.Tensor, learned: torch.Tensor,
         parts["align"] = float(match.detach())
     parts["total"] = float(total.detach())
     return total, parts
+
+
+FOCAL_GAMMA = 2.0  # CLIP-ADA-style segmentation loss: focal + dice on the labelled windows
+
+
+def adapted(prompts: torch.Tensor, adapter: torch.Tensor | None) -> torch.Tensor:
+    """Unit prompt embeddings seen through the linear visual adapter ``W``: ``<W f, t> =
+    <f, W^T t>``, so the adapter folds into the prompts (``t W`` as rows), renormalised."""
+    return F.normalize(prompts if adapter is None else prompts @ adapter, dim=-1)
+
+
+def clip_ada_loss(normal: torch.Tensor, hand: torch.Tensor, learned: torch.Tensor, feats: Features,
+                  w: LossWeights, adapter: torch.Tensor | None, adapter_weight: float = 1.0,
+                  align: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """The self-supervised objective (docs/method.md 1d, "CLIP-ADA mode"): per feature the
+    abnormal probability ``p = softmax([<f, n>, <f, l>] / tau)[1]`` against the adapted normal
+    and learned-abnormal prototypes; focal loss on every labelled feature (groups averaged
+    as in :func:`prompt_loss`) plus the dice loss of the windows, plus ``|W - I|^2``."""
+    n = F.normalize(adapted(normal, adapter).mean(0), dim=-1)
+    l_ = F.normalize(adapted(learned, adapter).mean(0), dim=-1)
+    terms = []
+    for f, y, c in feats.groups():
+        logits = torch.stack([f @ n, f @ l_], -1) / w.temperature
+        p = logits.softmax(-1)[:, 1]
+        yf = y.to(p.dtype)
+        pt = torch.where(y == 1, p, 1 - p).clamp(1e-6, 1)
+        focal = -((1 - pt) ** FOCAL_GAMMA) * pt.log()
+        weight = torch.where(y == 1, c * w.abnormal, torch.ones_like(c))
+        loss = _wmean(focal, weight)
+        if bool((y == 1).any()):
+            loss = loss + 1 - 2 * (p * yf).sum() / (p.sum() + yf.sum()).clamp(min=1e-6)
+        terms.append(loss)
+    data = sum(terms) / max(1, len(terms))
+    parts = {"data": float(data.detach())}
+    total = data
+    if adapter is not None and adapter_weight:
+        eye = torch.eye(adapter.shape[0], dtype=adapter.dtype, device=adapter.device)
+        reg = (adapter - eye).pow(2).sum()
+        total = total + adapter_weight * reg
+        parts["adapter"] = float(reg.detach())
+    if align and w.align and hand.shape[0]:
+        match = (F.normalize(hand, dim=-1).mean(0) - F.normalize(learned, dim=-1).mean(0)).pow(2).sum()
+        total = total + w.align * match
+        parts["align"] = float(match.detach())
+    parts["total"] = float(total.detach())
+    return total, parts

@@ -25,9 +25,10 @@ from ..prompting.learned import FORMAT, LearnedClass, LearnedPrompts
 from ..prompting.templates import ALFA_ABNORMAL_STATES, readable_class_name
 from .context import PromptContext
 from .features import Features, extract_features
-from .losses import LossWeights, prompt_loss
+from .losses import LossWeights, adapted, clip_ada_loss, prompt_loss
 from .synthetic import synthetic_defects
 
+OBJECTIVES = ("promptad", "clip-ada")
 OnEpoch = Callable[[str, int, int, float], None]  # (class, epoch done, epochs, loss)
 
 
@@ -59,6 +60,10 @@ class LearnConfig:
     synthetic: int = 16  # synthetic defects per class, made round-robin on the shots (0: none)
     patience: int = 0  # 0: fixed schedule; N: early stopping on the validation split
     scales: tuple[int, ...] = (2, 3)
+    # "promptad" (contrastive + margin losses) or "clip-ada" (focal + dice on the synthetic
+    # defects' windows, and a linear visual adapter folded into the prompts; losses.py)
+    objective: str = "promptad"
+    adapter_weight: float = 1.0  # clip-ada: weight of |W - I|^2
 
     def __post_init__(self) -> None:
         self.scales = tuple(int(s) for s in self.scales)
@@ -66,6 +71,8 @@ class LearnConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.synthetic < 0 or self.patience < 0:
             raise ValueError("synthetic and patience must be 0 or more")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
 
@@ -118,6 +125,20 @@ def _training_sets(backbone: ClipBackbone, images: list[Image.Image], config: Le
     return train, extract_features(backbone, flipped, vbad, vmasks, vsources, config.scales)
 
 
+def _optimiser(ctx: torch.nn.Module, config: LearnConfig, dim: int, device):
+    """``(adapter or None, parameter groups, optimiser)``: the context vectors, and under the
+    clip-ada objective the linear visual adapter, started at the identity and not decayed."""
+    adapter = torch.nn.Parameter(torch.eye(dim, device=device)) if config.objective == "clip-ada" else None
+    groups = [{"params": list(ctx.parameters())}]
+    if adapter is not None:
+        groups.append({"params": [adapter], "weight_decay": 0.0})
+    if config.optimizer == "adam":
+        opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return adapter, groups, opt
+
+
 def learn_class(backbone: ClipBackbone, images: Sequence[Any], class_name: str, config: LearnConfig, seed: int = 0,
                 class_text: str | None = None, handwritten: Sequence[str] | None = None,
                 on_epoch: OnEpoch | None = None) -> tuple[LearnedClass, dict[str, Any]]:
@@ -145,42 +166,52 @@ def learn_class(backbone: ClipBackbone, images: Sequence[Any], class_name: str, 
                             n_prompts=config.n_prompts, n_ctx_abnormal=config.n_ctx_abnormal,
                             n_prompts_abnormal=config.n_prompts_abnormal, init_std=config.init_std,
                             init=config.init, init_noise=config.init_noise, generator=gen).to(device)
-        if config.optimizer == "adam":
-            opt = torch.optim.Adam(ctx.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        else:
-            opt = torch.optim.SGD(ctx.parameters(), lr=config.lr, momentum=config.momentum,
-                                  weight_decay=config.weight_decay)
+        adapter, groups, opt = _optimiser(ctx, config, backbone.embed_dim, device)
+
+        def loss_of(out, feats, align=True):
+            if adapter is None:
+                return prompt_loss(*out, feats, weights, align=align)
+            return clip_ada_loss(*out, feats, weights, adapter, config.adapter_weight, align=align)
+
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs, eta_min=config.min_lr)
         best = (float("inf"), 0, None)
         history: list[float] = []
         for epoch in range(config.epochs):
             opt.zero_grad(set_to_none=True)
-            loss, parts = prompt_loss(*ctx(), train, weights)
+            loss, parts = loss_of(ctx(), train)
             loss.backward()
             if config.clip_grad:
-                torch.nn.utils.clip_grad_norm_(ctx.parameters(), config.clip_grad)
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.clip_grad)
             opt.step()
             sched.step()
             history.append(parts["total"])
             if val is not None:
                 with torch.no_grad():
-                    v = float(prompt_loss(*ctx(), val, weights, align=False)[0])
+                    v = float(loss_of(ctx(), val, align=False)[0])
                 if v < best[0] - 1e-6:
-                    best = (v, epoch + 1, {k: t.detach().clone() for k, t in ctx.state_dict().items()})
+                    state = {k: t.detach().clone() for k, t in ctx.state_dict().items()}
+                    best = (v, epoch + 1, (state, None if adapter is None else adapter.detach().clone()))
             if on_epoch:
                 on_epoch(class_name, epoch + 1, config.epochs, parts["total"])
             if val is not None and epoch + 1 - best[1] >= config.patience:
                 break
         if best[2] is not None:
-            ctx.load_state_dict(best[2])
+            ctx.load_state_dict(best[2][0])
+            if adapter is not None:
+                adapter.data.copy_(best[2][1])
         with torch.no_grad():
             normal, hand_emb, learned = ctx()
+            if adapter is not None:  # the adapter folded into the embeddings the file holds
+                normal, hand_emb, learned = (adapted(t, adapter) for t in (normal, hand_emb, learned))
     abnormal = torch.cat([hand_emb, learned])
     facts: dict[str, Any] = {
         "prompt_text": text, "handwritten": hand, "normal": int(normal.shape[0]), "abnormal": int(abnormal.shape[0]),
         "epochs_run": len(history), "first_loss": round(history[0], 6), "final_loss": round(history[-1], 6),
-        "features": train.counts,
+        "features": train.counts, "objective": config.objective,
     }
+    if adapter is not None:
+        eye = torch.eye(adapter.shape[0], device=adapter.device)
+        facts["adapter_change"] = round(float((adapter.detach() - eye).norm()), 6)  # |W - I|_F
     if val is not None:
         facts.update(best_epoch=best[1], best_validation_loss=round(best[0], 6), validation=val.counts)
     ctx_n, ctx_a = (c.detach().float().cpu() for c in ctx.context())

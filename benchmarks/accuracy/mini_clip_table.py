@@ -107,6 +107,10 @@ CONFIGS: list[dict] = [
      "detector": {"rotations": True}, "shots": 4},
     {"name": "patchknn 4-shot, layer 2 of 0-3 (chosen on --quick)", "method": "patchknn", "detector": {"layer": 2},
      "shots": 4},
+    # anomaly region refinement (CLIP-ADA), on for every zero-shot method
+    {"name": "ALFA default --refine", "method": "alfa", "detector": {"refine": True}},
+    {"name": "WinCLIP --refine", "method": "winclip", "detector": {"refine": True}},
+    {"name": "musc zero-shot --refine", "method": "musc", "detector": {"refine": True}},
     {"name": "musc zero-shot (--method musc)", "method": "musc", "detector": {}},
     {"name": "musc zero-shot, no image re-scoring (rescore_ks=())", "method": "musc", "detector": {"rescore_ks": ()}},
     {"name": "musc zero-shot, degree 1 only (no neighbourhood)", "method": "musc", "detector": {"degrees": (1,)}},
@@ -180,6 +184,9 @@ def what_ran(det: Detector, method: str, shots: int) -> str:
         parts.append("prompts " + "+".join(dict.fromkeys(s.name for s in det.sources)))
     if c.preset:
         parts.append(f"preset {c.preset}")
+    if det.refiner is not None:
+        r = det.refiner
+        parts.append(f"refine blocks {','.join(map(str, r.layers))} (tau {r.temperature:g}, alpha {r.alpha:g})")
     parts.append(f"{shots}-shot" + (f" ({c.few_shot_scorer} scorer, {c.fusion} fusion)" if shots else ""))
     return ", ".join(parts)
 
