@@ -30,8 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .refine_spec import parse_layers  # noqa: F401  (re-exported)
-
 TEMPERATURE = 0.1  # tau: cosine similarities of centred tokens over 0.1
 ALPHA = 0.5  # the share of each step given to the neighbours' average
 
