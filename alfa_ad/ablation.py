@@ -12,25 +12,34 @@ pass, its aligner's preparation and its scales' local embeddings, its scoring), 
 timed once per image here: what a standalone run of that configuration spends in the
 model, without data loading and file writing.  Images are scored whole (no tiling),
 as in the papers.
+
+**Method rows** (``methods``: registry names or ``all``) each run their own :class:`Detector`
+on the same backbone object over the same whole images, into the same metrics and table;
+their latency is the wall time of ``predict`` per image (preprocessing, model, map at image
+size).  musc (``mutual``) scores each class as one batch (``alfa-ad run``'s groups), so its
+scores depend on the batch; patchknn (``needs_normals``) needs ``normals``, which ablate
+does not give: its row is left out with the reason.  The others run zero-shot, like the grid.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .aligners import build_aligner
 from .detector import Detector
+from .engines.local import call_size
 from .evaluation.resize import resize_for_evaluation
 from .io.datasets import Sample, ground_truth_mask
 from .io.images import ImageLoadError, load_image
 from .methods.alfa import DEFAULT_SCALES
 from .methods.alfa_head import AlfaHead
 from .outputs.tables import METRICS, mean_over
+from .registry import METHODS, trait
 from .runner import ClassEval
 from .scoring.placement import DEFAULT_PLACEMENT
 from .scoring.refine import RegionRefiner
@@ -111,7 +120,7 @@ def applicable(grid: Sequence[AblationConfig], available: set[str]) -> list[Abla
 
 @dataclass
 class AblationRow:
-    config: AblationConfig
+    config: AblationConfig | MethodConfig
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # class -> metrics
     seconds: float = 0.0  # summed latency over images
     images: int = 0
@@ -138,11 +147,23 @@ class _Timer:
 
 def run_ablation(detector: Detector, dataset: dict[str, list[Sample]], grid: Sequence[AblationConfig] = GRID,
                  class_names: dict[str, str] | None = None, on_progress: Callable[[str, int, int], None] | None = None,
-                 on_error: Callable[[str], None] | None = None) -> list[AblationRow]:
-    """Score ``dataset`` under every applicable configuration of ``grid`` (ALFA, zero-shot)."""
+                 on_error: Callable[[str], None] | None = None, methods: Sequence[str | MethodConfig] | str = (),
+                 normals: Mapping[str, Sequence[Any]] | None = None,
+                 on_skip: Callable[[str], None] | None = None) -> list[AblationRow]:
+    """Score ``dataset`` under every applicable configuration of ``grid`` (ALFA, zero-shot), then
+    one row per method of ``methods`` (:func:`method_configs`) on the same model, the ``needs_normals``
+    ones fitted on ``normals`` (class -> images); ``on_skip`` gets why a method row was left out.
+    ``on_progress(label, n, total)``: label is the class, ``"method: class"`` for a method row."""
+    specs, names = method_configs(methods), class_names or {}  # unknown methods fail before any image is scored
+    rows = _grid_rows(detector, dataset, grid, names, on_progress, on_error) if grid else []
+    return rows + _method_rows(detector, dataset, specs, names, normals or {}, on_progress, on_error, on_skip)
+
+
+def _grid_rows(detector: Detector, dataset: dict[str, list[Sample]], grid: Sequence[AblationConfig],
+               class_names: dict[str, str], on_progress, on_error) -> list[AblationRow]:
+    """The grid's rows: one shared backbone pass per image, the text side per configuration."""
     if detector.method.name != "alfa":
         raise ValueError("the ablation grid is ALFA's; build the detector with method 'alfa'")
-    class_names = class_names or {}
     bb = detector.backbone
     available = set()
     for cls in dataset:
@@ -170,11 +191,8 @@ def run_ablation(detector: Detector, dataset: dict[str, list[Sample]], grid: Seq
         evals = [ClassEval() for _ in configs]
         warnings: list[str] = []
         for i, s in enumerate(samples):
-            try:
-                im = load_image(s.path)
-            except ImageLoadError as exc:
-                if on_error:
-                    on_error(str(exc))
+            im = _load(s, on_error)
+            if im is None:
                 continue
             truth = ground_truth_mask(s, im.size, warnings) if s.label is not None else None
             with torch.inference_mode():
@@ -198,7 +216,7 @@ def run_ablation(detector: Detector, dataset: dict[str, list[Sample]], grid: Seq
                     row.seconds += t_fwd + t_local[c.aligner]["prepare"] + sum(t_local[c.aligner][x] for x in c.scales)
                     row.seconds += t_score
                     row.images += 1
-                    _collect(ev, s, score, amap, im.size, truth)
+                    _collect(ev, s, score, amap, truth, im.size)
             if on_progress:
                 on_progress(cls, i + 1, len(samples))
         for row, ev in zip(rows, evals):
@@ -218,15 +236,165 @@ def _score(head: AlfaHead, feats, locals_, c: AblationConfig, text, scales) -> t
     return float(image_score(ad.global_scores, patch_map)[0]), head.finish(patch_map)[0]
 
 
-def _collect(ev: ClassEval, s: Sample, score: float, amap: torch.Tensor, size: tuple[int, int], truth) -> None:
+def _collect(ev: ClassEval, s: Sample, score: float, amap, truth, size: tuple[int, int] | None = None) -> None:
+    """An image's score and map (image size; with ``size``: model resolution, upsampled as predict does)."""
     if s.label is None:
         return
     ev.labels.append(s.label)
     ev.scores.append(score)
     if truth is not None:
-        full = torch.nn.functional.interpolate(amap[None, None].float().cpu(), size=(size[1], size[0]),
-                                               mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
-        ev.pixels.add(resize_for_evaluation(truth.astype(np.float32)) >= 0.5, resize_for_evaluation(full.numpy().astype(np.float32)))
+        if size is not None:
+            amap = torch.nn.functional.interpolate(amap[None, None].float().cpu(), size=(size[1], size[0]),
+                                                   mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+        ev.pixels.add(resize_for_evaluation(truth.astype(np.float32)) >= 0.5,
+                      resize_for_evaluation(np.asarray(amap, dtype=np.float32)))
 
 
-__all__ = ["AblationConfig", "AblationRow", "GRID", "FULL", "METRICS", "applicable", "run_ablation"]
+def _load(s: Sample, on_error):
+    """The decoded image, or None (reported to ``on_error``) when it cannot be read."""
+    try:
+        return load_image(s.path)
+    except ImageLoadError as exc:
+        if on_error:
+            on_error(str(exc))
+        return None
+
+
+# ------------------------------------------------------------------ method rows
+ALL_METHODS = "all"  # every registered method but alfa (ALFA is the grid)
+KEY_OPTIONS = ("layers", "degrees", "layer", "masking", "rotations", "top_percent")  # named in labels when present
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """A method row: registry method ``method`` (Detector keyword ``options``) on the grid's
+    model; ``name`` and ``columns`` (the table's description) come from the built detector."""
+
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+    name: str = ""
+    columns: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> dict[str, str]:
+        return {"configuration": self.name or self.method, **dict(self.columns)}
+
+
+def method_configs(methods: Sequence[str | MethodConfig] | str) -> list[MethodConfig]:
+    """``"winclip,musc"``, ``"all"`` or names / :class:`MethodConfig` -> configs, repeats dropped;
+    ``ValueError`` (one line, naming it) for a name the registry lacks."""
+    out: list[MethodConfig] = []
+    for item in methods.split(",") if isinstance(methods, str) else methods:
+        if isinstance(item, MethodConfig):
+            out.append(replace(item, method=METHODS.check(item.method)))
+        elif item.strip() == ALL_METHODS:
+            out += [MethodConfig(n) for n in METHODS.names() if n != "alfa"]
+        elif item.strip():
+            out.append(MethodConfig(METHODS.check(item.strip())))
+    return list(dict.fromkeys(out))
+
+
+def _method_detector(detector: Detector, spec: MethodConfig) -> Detector:
+    """``spec``'s detector on ``detector``'s backbone object (no second model load), prompt files,
+    prompt classes and text cache; whole images (no tiling)."""
+    cfg = detector.config
+    det = Detector(detector.backbone, method=spec.method, prompts=cfg.prompts, llm_prompts=cfg.llm_prompts,
+                   tile="none", batch_size=cfg.batch_size, cache_dir=detector.cache_dir, **dict(spec.options))
+    for cls, lib in detector.prompt_classes.items():
+        det.set_prompt_class(cls, lib)
+    return det
+
+
+def _value(v: Any) -> str:
+    return ("yes" if v else "no") if isinstance(v, bool) else ",".join(map(str, v)) if isinstance(v, (tuple, list)) \
+        else str(v)
+
+
+def _described(det: Detector, spec: MethodConfig, shots: Sequence[int]) -> MethodConfig:
+    """``spec`` labelled with what ``det`` runs: method, zero-/few-shot, batch, key options."""
+    m, k = det.method, "-".join(map(str, sorted({min(shots, default=0), max(shots, default=0)})))
+    aligner = getattr(m, "aligner", None)
+    mode = [f"few-shot, {k} normals per class" if trait(m, "needs_normals") else "zero-shot"]
+    if trait(m, "mutual"):
+        mode[0] += f", scored per class as one batch (at most {det.images_per_call} images): scores depend on the batch"
+    mode += [f"scales {_value(m.scales)}"] if m.scales else []
+    mode += [f"{aligner.name} aligner"] if aligner is not None else []
+    mode += [f"{o} {_value(getattr(m, o))}" for o in KEY_OPTIONS if getattr(m, o, None) is not None]
+    mode += [f"{o} {_value(v)}" for o, v in spec.options if o not in {"scales", "aligner", *KEY_OPTIONS}]
+    sources = "none (reads no prompt)" if trait(m, "text_free") else " + ".join(det.config.prompt_sources)
+    columns = {"prompt sources": sources, "S_c": m.contextual, "aligner": getattr(aligner, "name", "-"),
+               "scales": _value(m.scales) or "-", "text projection": getattr(aligner, "text_projection", "-"),
+               "global in map": "-", "refine": _value(bool(det.config.refine))}
+    return replace(spec, name=f"method {m.name} ({'; '.join(mode)})", columns=tuple(columns.items()))
+
+
+def _method_rows(detector: Detector, dataset: dict[str, list[Sample]], specs: Sequence[MethodConfig],
+                 class_names: dict[str, str], normals: Mapping[str, Sequence[Any]], on_progress, on_error,
+                 on_skip) -> list[AblationRow]:
+    """One row per method: each class's images through that method's ``predict`` (module docstring)."""
+    rows, timer = [], _Timer(detector.backbone.device)
+    for spec in specs:
+        det = _method_detector(detector, spec)
+        row, shots, skipped = AblationRow(spec), [], {}
+        for cls, samples in dataset.items():
+            label, reason = f"{spec.method}: {cls}", _prepare(det, cls, normals)
+            if reason is None:
+                shots.append(len(normals.get(cls, ())))
+                ev = _score_method(det, class_names.get(cls, cls), samples, row, timer, on_error,
+                                   lambda n: on_progress and on_progress(label, n, len(samples)))
+                if ev.labels:
+                    row.metrics[cls] = ev.metrics()
+            else:
+                skipped[cls] = reason
+                if on_progress:
+                    on_progress(label, len(samples), len(samples))
+        if skipped and on_skip:
+            which = "" if len(skipped) == len(dataset) else f" for {', '.join(skipped)}"
+            on_skip(f"method {spec.method}{which}: {'; '.join(dict.fromkeys(skipped.values()))}"
+                    + ("" if row.images else " (row left out)"))
+        if row.images:
+            row.config = _described(det, spec, shots)
+            rows.append(row)
+    return rows
+
+
+def _prepare(det: Detector, cls: str, normals: Mapping[str, Sequence[Any]]) -> str | None:
+    """Fit a method that needs normal references on ``cls``'s; the reason it cannot run, or None."""
+    if not trait(det.method, "needs_normals"):
+        return None
+    if not normals.get(cls):
+        return ("needs normal references (few-shot) and none were given (ablate scores zero-shot); "
+                f"try alfa-ad run --method {det.method.name} --shots k")
+    try:
+        det.fit_normals(list(normals[cls]), max_leave_one_out=0)
+    except (ImageLoadError, ValueError) as exc:
+        return f"normal references of {cls}: {exc}"
+    return None
+
+
+def _score_method(det: Detector, name: str, samples: Sequence[Sample], row: AblationRow, timer: _Timer, on_error,
+                  progress: Callable[[int], Any]) -> ClassEval:
+    """A class through ``det.predict``, one image a call or a mutual method's groups as ``alfa-ad run``
+    (engines/local.py: call_size); its wall time to ``row``."""
+    ev, warnings, batch, mutual = ClassEval(), [], [], trait(det.method, "mutual")
+    det.class_text(name), det.batch_size  # prompt embeddings (and an "auto" batch size) outside the timed calls
+    size = call_size(det, len(samples)) if mutual else 1
+    for i, s in enumerate(samples):
+        im = _load(s, on_error)
+        batch += [(s, im)] if im is not None else []
+        if batch and (len(batch) == size or i == len(samples) - 1):
+            if not mutual or len(batch) >= 2:
+                results, seconds = timer(lambda: det.predict([b[1] for b in batch], name))
+                row.seconds, row.images = row.seconds + seconds, row.images + len(batch)
+                for (s_, im_), r in zip(batch, results):
+                    truth = ground_truth_mask(s_, im_.size, warnings) if s_.label is not None else None
+                    _collect(ev, s_, r.score, r.anomaly_map, truth)
+            elif on_error:
+                on_error(f"{batch[0][0].path}: not scored: {det.method.name} compares the images of a class with "
+                         "each other and this one has no other readable image")
+            batch = []
+        progress(i + 1)
+    return ev
+
+
+__all__ = ["ALL_METHODS", "AblationConfig", "AblationRow", "GRID", "FULL", "METRICS", "MethodConfig", "applicable",
+           "method_configs", "run_ablation"]

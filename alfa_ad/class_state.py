@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .prompting import PromptSet, PromptSource, combine
 from .prompting.base import explains, maps_classes, source_descriptors
+from .registry import trait
 from .results import Thresholds
 
 __all__ = ["ClassState", "ClassStates", "to_device"]
@@ -86,9 +87,12 @@ class ClassStates:
             ps = self.prompts(class_name)
             if not ps.normal or not ps.abnormal:
                 raise ValueError(f"class {class_name!r}: the prompt sources gave no normal or no abnormal prompt")
-            normal = self._embed(ps.normal, ps.embeddings)
-            abnormal = self._embed(ps.abnormal, ps.embeddings)
-            self._text[class_name] = self.method.prepare_text(normal, abnormal)
+            if trait(self.method, "text_free"):  # only the prompt counts: no text encoder runs
+                self._text[class_name] = (len(ps.normal), len(ps.abnormal))
+            else:
+                normal = self._embed(ps.normal, ps.embeddings)
+                abnormal = self._embed(ps.abnormal, ps.embeddings)
+                self._text[class_name] = self.method.prepare_text(normal, abnormal)
         return self._text[class_name]
 
     def _embed(self, prompts: Sequence[str], known: Mapping[str, Any]) -> torch.Tensor:

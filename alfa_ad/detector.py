@@ -66,6 +66,9 @@ class Detector(ReferenceFitting, ClassStates):
         self.backbone = backbone or load_backbone(config.model, config.pretrained or DEFAULT_PRETRAINED,
                                                   checkpoint=config.checkpoint,
                                                   weights=config.weights, seed=config.seed, device=config.device)
+        if not getattr(self.backbone, "has_text", True) and not trait(method_cls, "text_free"):
+            raise ValueError(f"method {config.method} reads prompts and {self.backbone.weights.model_name} has no "
+                             "text tower; use a method that reads none (patchknn, musc) or a CLIP model")
         # the record names only what was used: a pretrained tag only for pretrained weights
         info = self.backbone.weights
         pretrained = config.pretrained if info.source == "pretrained" else None
@@ -238,6 +241,20 @@ class Detector(ReferenceFitting, ClassStates):
                 tiles=len(group) if units[group[0]][1] is not None else 1,
             ))
         return results
+
+    def fit_pool(self, images: Sequence[Any], seed: int = 0, source: str = "") -> list[Any]:
+        """musc: fix the unlabeled images that score every later image, each image alone
+        (``MuscMethod.set_pool``; what ``alfa-ad serve`` does per class): all of ``images`` up
+        to the method's ``pool_cap`` (``group - 1``), else that many drawn with ``seed``.
+        Returns the images chosen; ValueError (one line) for a method that takes no pool."""
+        if not hasattr(self.method, "set_pool"):
+            raise ValueError(f"method {self.method.name} takes no pool (musc scores images against one)")
+        chosen = self.method.draw_pool(list(images), seed)
+        pil = [load_image(im) for im in chosen]
+        _, units = self._units(pil)
+        self.thresholds = None  # thresholds belong to the scores they were set from
+        self.method.set_pool(self._unit_batches(pil, units), source)
+        return chosen
 
     def _refine(self, pixels: list[torch.Tensor], maps: torch.Tensor) -> torch.Tensor:
         """The maps of the units in ``pixels`` (batches, in order) refined (``refine`` option)."""

@@ -81,6 +81,7 @@ TRAITS: tuple[str, ...] = (
     "zero_shot_only",  # references cannot be fitted (musc)
     "mutual",  # a predict call's images score each other (musc: score_together, group_size)
     "patches_only",  # no aligner, no window scales (patchknn, musc)
+    "text_free",  # reads no prompt embedding: runs on a vision-only backbone (timm:..., DINOv2)
 )
 
 
@@ -97,10 +98,10 @@ METHODS.add("alfa", "alfa_ad.methods.alfa:AlfaMethod",
 METHODS.add("winclip", "alfa_ad.methods.winclip:WinClipMethod", "WinCLIP / WinCLIP+ baseline")
 METHODS.add("musc", "alfa_ad.methods.musc:MuscMethod",
             "MuSc-style zero-shot: the images of a class score each other (no prompts, no normals; --engine local)",
-            traits=("mutual", "zero_shot_only", "patches_only"))
+            traits=("mutual", "zero_shot_only", "patches_only", "text_free"))
 METHODS.add("patchknn", "alfa_ad.methods.patchknn:PatchKnnMethod",
             "AnomalyDINO-style few-shot nearest-neighbour patch distances (needs normals: --shots k)",
-            traits=("needs_normals", "patches_only"))
+            traits=("needs_normals", "patches_only", "text_free"))
 
 # Prompt sources: factories ``(config, backbone) -> [PromptSource]``.  A method names its
 # default sources (``Method.prompt_sources``); ``DetectorConfig.prompt_sources`` names others.

@@ -142,14 +142,6 @@ def _error_lines(result) -> list[str]:
     return [line for line in result.output.splitlines() if line.startswith("error:")]
 
 
-def test_the_service_refuses_it_on_one_line():
-    from alfa_ad.serve.config import ConfigError, detector_kwargs
-
-    with pytest.raises(ConfigError, match="^method: musc scores a class's images against each other") as err:
-        detector_kwargs({"method": "musc", "weights": "planted"})
-    assert "\n" not in str(err.value)
-
-
 def test_the_local_engine_groups_a_class_and_reports_a_lone_image(planted_backbone, group):
     """9 images with group 4: three predict calls of 3 (near-equal, not 4 + 4 + 1); a class of
     one readable image: that image is reported, not scored, and the run goes on."""

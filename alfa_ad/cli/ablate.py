@@ -32,15 +32,24 @@ def ablate(
     seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Registry methods to score beside the grid, one "
+                                          "row each on the same model: a comma list (winclip,musc,patchknn) or all "
+                                          "(every method but alfa). musc scores each class as one batch; patchknn "
+                                          "needs normals, which ablate (zero-shot) has not: skipped with the reason."),
 ) -> None:
     """Run ALFA's ablation grid (prompt sources, contextual scoring, aligner, scales, text
-    projection) zero-shot over --data, sharing each image's forward pass across configurations."""
-    from ..ablation import run_ablation
+    projection) zero-shot over --data, sharing each image's forward pass across configurations;
+    --methods adds a row per other method (winclip, musc, ...) on the same model."""
+    from ..ablation import MethodConfig, method_configs
     from ..outputs.ablation_tables import ablation_rows, write_ablation
     from ..llm.generate import resolve_classes
 
     check_out(out)
     check_device(device)
+    try:
+        specs = method_configs(methods or "")
+    except ValueError as exc:
+        fail(f"--methods: {exc}")
     try:
         wanted = resolve_classes(classes) if classes else None
         dataset, warnings = discover(data, wanted, "object")
@@ -57,29 +66,43 @@ def ablate(
         console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
     say(f"alfa-ad {__version__} ablate: {sum(map(len, dataset.values()))} images, {len(dataset)} classes, "
         f"{detector.weights_label}")
-    total = sum(len(v) for v in dataset.values())
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        task = progress.add_task("ablation", total=total)
-        done: dict[str, int] = {}
-
-        def on_progress(cls: str, n: int, _total: int) -> None:
-            done[cls] = n
-            progress.update(task, completed=sum(done.values()), description=f"ablation {escape(cls)}")
-
-        def on_error(msg: str) -> None:
-            progress.console.print(f"[yellow]skipped:[/] {escape(msg)}", soft_wrap=True, highlight=False)
-
-        try:
-            rows = run_ablation(detector, dataset, on_progress=on_progress, on_error=on_error)
-        except ValueError as exc:
-            fail(str(exc))
+    rows = _score_with_progress(detector, dataset, specs)
     header = {"alfa-ad": __version__, "data": str(data), "classes": ", ".join(dataset), "weights": detector.weights_label,
               "model": detector.backbone.weights.model_name, "device": str(detector.backbone.device),
               "torch threads": __import__("torch").get_num_threads()}
     if libs:
         header["prompt classes"] = ", ".join(f"{k}={v}" for k, v in libs.items())
+    if specs:
+        header["method rows"] = ("each method's own detector on the same model, whole images; latency: wall time of "
+                                 "its predict per image (musc: per class batch, over its images)")
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_ablation(out, rows, header)
     print_table(ablation_rows(rows), f"alfa-ad ablation - {detector.weights_label}")
-    say(f"{len(rows)} configurations; {csv_path} and {md_path}")
+    n_methods = sum(isinstance(r.config, MethodConfig) for r in rows)
+    rows_said = f"{len(rows) - n_methods} configurations" + (f" + {n_methods} method rows" if specs else "")
+    say(f"{rows_said}; {csv_path} and {md_path}")
+
+
+def _score_with_progress(detector, dataset: dict, specs: list) -> list:
+    """:func:`~alfa_ad.ablation.run_ablation` under a progress bar (the grid, then each method
+    row's pass); unreadable images and method rows left out are printed as skipped."""
+    from ..ablation import run_ablation
+
+    total = sum(len(v) for v in dataset.values()) * (1 + len(specs))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("ablation", total=total)
+        done: dict[str, int] = {}
+
+        def on_progress(label: str, n: int, _total: int) -> None:
+            done[label] = n
+            progress.update(task, completed=sum(done.values()), description=f"ablation {escape(label)}")
+
+        def on_error(msg: str) -> None:
+            progress.console.print(f"[yellow]skipped:[/] {escape(msg)}", soft_wrap=True, highlight=False)
+
+        try:
+            return run_ablation(detector, dataset, on_progress=on_progress, on_error=on_error, methods=specs,
+                                on_skip=on_error)
+        except ValueError as exc:
+            fail(str(exc))

@@ -32,7 +32,7 @@ def serve(
     port: Optional[int] = typer.Option(None, "--port", help="Port (default 8000)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="mvtec, visa, or a comma list of classes to serve."),
     class_name: Optional[str] = typer.Option(None, "--class-name", help="One class to serve (default object)."),
-    method: Optional[str] = typer.Option(None, "--method", help="alfa or winclip (default alfa)."),
+    method: Optional[str] = typer.Option(None, "--method", help="alfa, winclip, patchknn (--shots k) or musc (a pool: --normals or --data) (default alfa)."),
     shots: Optional[str] = typer.Option(None, "--shots", help="Normal references per class: 0, k, or all (default 0)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling references (and random weights)."),
     data: Optional[Path] = typer.Option(None, "--data", help="MVTec-layout root: references from <class>/train/good."),

@@ -203,10 +203,12 @@ class ReferenceBank:
 
 
 class PromptFree:
-    """What methods that read no prompt share (patchknn, musc).  The detector still encodes a
-    class's prompts for every method (the unified templates, cached); such a method takes only
-    their counts, reports every prompt as not kept, and smooths its patch maps with
+    """What methods that read no prompt share (patchknn, musc).  The detector gathers a
+    class's prompts for every method (the unified templates) but, for these (``text_free``),
+    encodes none: such a method takes only their counts, reports every prompt as not kept, and smooths its patch maps with
     ``self.blur`` (an eighth of a patch unless given, as ALFA)."""
+
+    text_free: ClassVar[bool] = True  # no prompt embedding is read: a vision-only backbone serves
 
     @classmethod
     def default_prompt_sources(cls, config: Any) -> tuple[str, ...]:

@@ -17,11 +17,20 @@ into subsets the same way): scores depend on which images share a group and are
 reproducible for the same group.  The detector hands a method with ``mutual = True`` all
 of a ``predict`` call's units at once (:meth:`score_together`); the engines call
 ``predict`` with ``Detector.images_per_call`` images, which is ``group`` for this method.
+
+A fixed pool (:meth:`MuscMethod.set_pool`, ``Detector.fit_pool``; what ``alfa-ad serve``
+uses): at most :attr:`~MuscMethod.pool_cap` (``group - 1``) unlabeled images of the class
+(:func:`choose_pool` draws that many with a seed from more), whose layer tokens, image
+embeddings and own maxima (the pool scored by itself) are computed once and kept.  Then
+every image is scored alone by the pool (``mutual_scores(..., pool=...)``: not by the
+images scored with it, never by itself) and re-scored among itself and the pool
+(:func:`~alfa_ad.scoring.mutual.rescore_with_pool`), so its score depends on the pool only.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Sequence
+import random
+from typing import Any, ClassVar, Iterable, NamedTuple, Sequence
 
 import torch
 
@@ -29,11 +38,36 @@ from ..aligners import encode
 from ..model.backbone import ClipBackbone
 from ..scoring.fusion import FusionStats
 from ..scoring.mutual import aggregate_neighbourhood, interval_bounds, musc_layers, mutual_scores, normalize_layer
-from ..scoring.mutual import rescore_images
+from ..scoring.mutual import rescore_images, rescore_with_pool
 from ..scoring.smoothing import GaussianBlur
 from .base import BatchScores, PromptFree, ZeroShotFeatures
 
 NO_REFERENCES = "musc is zero-shot from the images scored together: it takes no normal references (use --shots 0)"
+
+
+def choose_pool(images: Sequence[Any], cap: int, seed: int = 0) -> list[Any]:
+    """The pool drawn from a class's candidate images: all of them when there are at most
+    ``cap``, else ``cap`` of them drawn with ``seed`` (in their original order)."""
+    items = list(images)
+    if len(items) <= cap:
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), cap))
+    return [items[i] for i in keep]
+
+
+class MuscPool(NamedTuple):
+    """A fixed pool on the model's device: per layer the layer-normalised patch tokens
+    ``(R, P, C)``, the image embeddings ``(R, D)``, and each pool image's map maximum with
+    the rest of the pool as its scorers ``(R,)`` (what re-scoring reads)."""
+
+    layers: list[torch.Tensor]
+    embeddings: torch.Tensor
+    peaks: torch.Tensor
+    source: str
+
+    @property
+    def size(self) -> int:
+        return int(self.embeddings.shape[0])
 
 
 class MuscMethod(PromptFree):
@@ -82,13 +116,18 @@ class MuscMethod(PromptFree):
         if int(group) < 2:
             raise ValueError(f"musc group must be at least 2 images, got {group}")
         self.group_size = int(group)
+        self.pool: MuscPool | None = None  # set_pool: a fixed pool scores every image (the service)
         self.backbone = backbone
         self.scales, self.contextual, self.fusion, self.scorer = (), "off", "raw", None
         self.blur = GaussianBlur(self.default_sigma(backbone) if sigma is None else sigma).to(backbone.device)
 
     @property
     def batch_dependence(self) -> str:
-        """What every output of a run says about its scores (the run record)."""
+        """What every output of a run (the run record) or of the service says about its scores."""
+        if self.pool is not None:
+            return (f"musc scores each image alone against a fixed pool of {self.pool.size} images of its class "
+                    f"({self.pool.source}), re-scored among itself and the pool: the same pool gives an image "
+                    "the same score whatever is scored with it, another pool other scores")
         return (f"musc scores each image against the other images of its class scored with it, in groups of at "
                 f"most {self.group_size} in run order (near-equal groups); the same group gives the same scores, "
                 "another group (other images, or what a --resume left) other ones")
@@ -104,13 +143,19 @@ class MuscMethod(PromptFree):
         tokens = [(feats.last if i == last else next(caps))[:, 1:] for i in self.layers]
         return [normalize_layer(t) for t in tokens], feats.g.float()
 
-    def patch_scores(self, layers: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``(N, P)`` in [0, 1]: MSM over the group, mean over layers and degrees, halved."""
+    def patch_scores(self, layers: Sequence[torch.Tensor], pool: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """``(N, P)`` in [0, 1]: MSM over the group, mean over layers and degrees, halved.
+        ``pool`` (per layer ``(R, P, C)``): each image is scored by the pool alone instead."""
         grid = self.backbone.grid
         total = None
-        for tokens in layers:
+        for k, tokens in enumerate(layers):
             for r in self.degrees:
-                s = mutual_scores(aggregate_neighbourhood(tokens, grid, r), *self.interval)
+                z = aggregate_neighbourhood(tokens, grid, r)
+                if pool is None:
+                    s = mutual_scores(z, *self.interval)
+                else:  # one image at a time: the images scored together do not score each other
+                    scorers = aggregate_neighbourhood(pool[k], grid, r)
+                    s = torch.cat([mutual_scores(z[i:i + 1], *self.interval, pool=scorers) for i in range(len(z))])
                 total = s if total is None else total + s
         return (total / (2 * len(layers) * len(self.degrees))).clamp(0.0, 1.0)
 
@@ -129,16 +174,21 @@ class MuscMethod(PromptFree):
             for kept, t in zip(per_layer, tokens):
                 kept.append(t)
             embedded.append(g)
-        if sum(sizes) < 2:
+        if sum(sizes) < 2 and self.pool is None:
             raise ValueError(f"musc scores images against each other: it needs at least 2 images of a class "
                              f"scored together, got {sum(sizes)}")
         layers = [torch.cat(kept) for kept in per_layer]
         del per_layer
         embeddings = torch.cat(embedded)
-        patch = self.patch_scores(layers)
+        pool = self.pool
+        patch = self.patch_scores(layers, None if pool is None else pool.layers)
         maps = self.finish(patch.view(-1, *self.backbone.grid)).float().cpu()
         peak = patch.amax(-1)
-        scores = rescore_images(peak, embeddings, self.rescore_ks).cpu()  # () keeps the maxima
+        if pool is None:
+            scores = rescore_images(peak, embeddings, self.rescore_ks)  # () keeps the maxima
+        else:
+            scores = rescore_with_pool(peak, embeddings, pool.peaks, pool.embeddings, self.rescore_ks)
+        scores = scores.cpu()
         peak, embeddings = peak.cpu(), embeddings.cpu()
         out, start = [], 0
         for b in sizes:
@@ -150,6 +200,42 @@ class MuscMethod(PromptFree):
     def __call__(self, pixels: torch.Tensor, text: tuple[int, int], fusion: FusionStats | None = None) -> BatchScores:
         """The units of one batch scored against each other."""
         return self.score_together([pixels], text, fusion)[0]
+
+    # ------------------------------------------------------------- a fixed pool
+    @property
+    def pool_cap(self) -> int:
+        """Most images a pool holds: ``group - 1``, so an image is scored by as many others as
+        an image of a full group in a run (63 by default); the pool's features are held like
+        one group's (``pool_cap x P x C x layers`` floats on the model's device)."""
+        return self.group_size - 1
+
+    def draw_pool(self, images: Sequence[Any], seed: int = 0) -> list[Any]:
+        """The pool :func:`choose_pool` draws from ``images``: at most :attr:`pool_cap`."""
+        return choose_pool(images, self.pool_cap, seed)
+
+    @torch.inference_mode()
+    def set_pool(self, batches: Iterable[torch.Tensor], source: str = "") -> MuscPool:
+        """Fix the images of ``batches`` (2 to :attr:`pool_cap` whole images) as the pool that
+        scores every later image: their features are computed once and kept, and their own
+        maxima (each pool image scored by the rest of the pool) for re-scoring."""
+        per_layer: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        embedded = []
+        for pixels in batches:
+            tokens, g = self.layer_tokens(pixels)
+            for kept, t in zip(per_layer, tokens):
+                kept.append(t)
+            embedded.append(g)
+        n = sum(int(g.shape[0]) for g in embedded)
+        if not 2 <= n <= self.pool_cap:
+            raise ValueError(f"a musc pool holds 2 to {self.pool_cap} images (group - 1), got {n}")
+        self.pool = None
+        layers = [torch.cat(kept) for kept in per_layer]
+        peaks = self.patch_scores(layers).amax(-1)  # the pool scored by itself, as a group
+        self.pool = MuscPool(layers, torch.cat(embedded), peaks, source or f"{n} images")
+        return self.pool
+
+    def clear_pool(self) -> None:
+        self.pool = None
 
     # ------------------------------------------------------------- no references
     def extract_normals(self, batches, keep=()):

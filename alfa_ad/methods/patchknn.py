@@ -151,7 +151,7 @@ class PatchKnnMethod(PromptFree, ReferenceBank):
             return feats, self.scorer.tokens(feats.caps, feats.last)
         layer = self.scorer.layers[0]
         out = feats.last if layer == self.backbone.depth - 1 else feats.caps[0]
-        return feats, [self.backbone.clip.visual.ln_post(out[:, 1:]).float()]
+        return feats, [self.backbone.patch_tokens(out)]
 
     def covers(self) -> list[None]:
         return [None] * len(self.scorer.layers)

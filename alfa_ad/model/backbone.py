@@ -32,6 +32,8 @@ def auto_device(device: str | None = None) -> torch.device:
 class ClipBackbone:
     """A CLIP model from open_clip plus its tokenizer and preprocessing constants."""
 
+    has_text = True  # a text tower: prompts can be encoded (a timm ViT has none: model/timm_vit.py)
+
     def __init__(
         self,
         clip: torch.nn.Module,

@@ -12,7 +12,8 @@ import torch
 
 from ..io.paths import default_cache_dir
 from .backbone import ClipBackbone
-from .names import DEFAULT_MODEL, DEFAULT_PRETRAINED, MINI_WEIGHTS, WEIGHT_CHOICES
+from .state_dict import read_state_dict
+from .names import DEFAULT_MODEL, DEFAULT_PRETRAINED, MINI_WEIGHTS, TIMM_PREFIX, WEIGHT_CHOICES
 from .weights import (WeightsInfo, WeightsUnavailableError, fetch, known_ref, pretrained_ref, read_manifest,
                       sha256_file)
 
@@ -63,30 +64,6 @@ def _create(model_name: str, initialise: bool = True):
     return model, open_clip.get_tokenizer(model_name)
 
 
-def _read_state_dict(path: Path) -> dict:
-    """The state dict of a weights file, memory-mapped: ``.safetensors`` (no pickle at all),
-    else a torch file read with ``weights_only=True, mmap=True`` (a zip-format file; older
-    files are read whole)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state:
-        raise ValueError("no state dict in the file")
-    if next(iter(state)).startswith("module."):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def _load_file(clip, path: Path, model_name: str) -> None:
     """Load a weights file strictly, replacing the module's tensors by the file's (``assign``:
     no copy, so memory-mapped weights stay mapped), with open_clip's conversions of
@@ -94,7 +71,7 @@ def _load_file(clip, path: Path, model_name: str) -> None:
     from open_clip import factory as ocf
 
     try:
-        state = _read_state_dict(path)
+        state = read_state_dict(path)
         state = ocf.convert_state_dict(clip, state)
         if "positional_embedding" in state and not hasattr(clip, "positional_embedding"):
             state = ocf.convert_to_custom_text_state_dict(state)
@@ -157,10 +134,19 @@ def load_backbone(
     here on synthetic scenes, :mod:`alfa_ad.model.mini`: the shipped file loaded as a
     checkpoint; not a real CLIP).  ``checkpoint`` loads a local state-dict file
     (``.safetensors``, or a torch file with ``weights_only=True``) into ``model_name``'s
-    architecture (or the one its manifest names) and overrides ``weights``.
+    architecture (or the one its manifest names) and overrides ``weights``.  A
+    ``model_name`` ``timm:<arch>[@<side>]`` is a vision-only timm ViT (DINOv2;
+    :mod:`alfa_ad.model.timm_vit`): a checkpoint file or ``weights="random"`` only.
     """
     if weights not in WEIGHT_CHOICES:
         raise ValueError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
+    if model_name and model_name.startswith(TIMM_PREFIX):  # a vision-only timm ViT (DINOv2)
+        from .timm_vit import load_timm_backbone
+
+        if checkpoint is None and weights not in ("random", "pretrained"):
+            raise ValueError(f"--weights {weights} is a CLIP; {model_name} takes --checkpoint FILE or --weights random")
+        return load_timm_backbone(model_name, checkpoint=checkpoint, weights=weights, seed=seed, device=device,
+                                  half=half)
     mini = checkpoint is None and weights in MINI_WEIGHTS
     if mini:
         from .mini import checkpoint_for

@@ -100,8 +100,7 @@ class ResidualScorer(FewShotScorer):
         return default_residual_layers(depth)
 
     def tokens(self, caps, last, windows=None):
-        ln = self.backbone.clip.visual.ln_post
-        return [ln(self._layer(caps, last, i)[:, 1:]).float() for i in self.layers]
+        return [self.backbone.patch_tokens(self._layer(caps, last, i)) for i in self.layers]
 
 
 # ------------------------------------------------------------------ fitted references

@@ -12,7 +12,9 @@ Pure tensor math, no model:
   to that image's nearest patch; its score is the mean of the smallest ``[low, high)``
   fraction of those distances (the "interval average");
 * :func:`rescore_images` -- RsCIN: image scores smoothed over each image's ``k`` most
-  similar images (image-embedding cosine), averaged over several ``k``.
+  similar images (image-embedding cosine), averaged over several ``k``;
+* :func:`rescore_with_pool` -- the same for images scored against a fixed pool: each
+  image among itself and the pool only.
 """
 
 from __future__ import annotations
@@ -121,3 +123,17 @@ def rescore_images(scores: torch.Tensor, embeddings: torch.Tensor, ks: Sequence[
         weights = top.values.clamp_min(1e-8)  # a negative cosine would flip a neighbour's score
         out += (weights * s[top.indices]).sum(-1) / weights.sum(-1)
     return out / len(ks)
+
+
+def rescore_with_pool(scores: torch.Tensor, embeddings: torch.Tensor, pool_scores: torch.Tensor,
+                      pool_embeddings: torch.Tensor, ks: Sequence[int] = (1, 2, 3)) -> torch.Tensor:
+    """RsCIN against a fixed pool: ``(N,)`` scores and ``(N, D)`` embeddings of images scored
+    by a pool whose own scores and embeddings are ``(R,)``, ``(R, D)`` -> ``(N,)``.  Each
+    image is re-scored by :func:`rescore_images` over itself and the pool, never over the
+    other images, so its score does not depend on what it was scored with."""
+    if not ks or scores.shape[0] == 0:
+        return scores.float()
+    pool_s, pool_e = pool_scores.to(scores), pool_embeddings.to(embeddings)
+    return torch.stack([rescore_images(torch.cat([scores[i:i + 1], pool_s]),
+                                       torch.cat([embeddings[i:i + 1], pool_e]), ks)[0]
+                        for i in range(scores.shape[0])])

@@ -144,7 +144,8 @@ def create_app(source: Union[ScoringService, Loader], options: ServiceOptions, *
             await state.batcher.stop()
 
     app = FastAPI(title="alfa-ad", version=__version__, lifespan=lifespan,
-                  description="Training-free visual anomaly detection (ALFA, WinCLIP): score images over HTTP.")
+                  description="Training-free visual anomaly detection (ALFA, WinCLIP, musc against a pool): score images "
+                              "over HTTP.")
     app.state.server = state
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(options.max_body_mb * 1_000_000))
     app.add_middleware(ObserveMiddleware, metrics=state.metrics, logger=log)
@@ -250,7 +251,7 @@ async def _detect(request: Request, state: ServerState, service: ScoringService)
     request.state.log["batch"] = batch.size
     return await anyio.to_thread.run_sync(partial(
         to_response, result, class_name, opts, service.thresholds(class_name), service.weights_source,
-        service.version, batch, options.map_size), limiter=state.decode_limiter)
+        service.version, batch, options.map_size, service.score_note(class_name)), limiter=state.decode_limiter)
 
 
 async def _read_request(request: Request) -> tuple[bytes, dict[str, Any], str]:

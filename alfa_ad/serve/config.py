@@ -40,7 +40,7 @@ class ServiceOptions(BaseModel):
     classes: list[str] = Field(default_factory=lambda: ["object"], description="Class names served ('mvtec', 'visa' or a list).")
     shots: str = Field("0", description="Normal references per class: 0 (zero-shot), k, or all.")
     data: Optional[Path] = Field(None, description="MVTec-layout root: references from <data>/<class>/train/good.")
-    normals: Union[Path, dict[str, Path], None] = Field(None, description="Folder of references (or DIR/<class>), or {class: folder}.")
+    normals: Union[Path, dict[str, Path], None] = Field(None, description="Folder of references (or DIR/<class>), or {class: folder}; musc: its pool.")
     coreset: Optional[int] = Field(4096, ge=1, description="Most memory-bank features per layer.")
     calibrate: Union[Path, dict[str, Path], None] = Field(None, description="Folder of extra normal images for thresholds (or {class: folder}).")
     fpr: float = Field(0.01, gt=0, lt=1, description="Target false-positive rate of the thresholds.")
@@ -138,8 +138,25 @@ def split_record(record: dict[str, Any]) -> tuple[dict[str, Any], ServiceOptions
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "options"
         raise ConfigError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
-    detector_kwargs(detector)  # validate now, before any model is loaded
+    check_pool(detector_kwargs(detector).get("method", "alfa"), options)  # validate now, before any model loads
     return detector, options
+
+
+def check_pool(method: str, options: ServiceOptions) -> None:
+    """A mutual method (musc) scores each upload against a fixed pool of its class's images:
+    ``normals`` (DIR, DIR/<class> or {class: DIR}) or ``data`` (<class>/train/good) names it,
+    ``shots`` stays 0 and there is no calibration (ConfigError, one line)."""
+    if not METHODS.declares(method, "mutual"):
+        return
+    if options.normals is None and options.data is None:
+        raise ConfigError(f"method: {method} scores each upload against a pool of unlabeled images of its class; "
+                          "name it with normals: DIR (or DIR/<class>, or {class: DIR}) or data: an MVTec root "
+                          "(<class>/train/good)")
+    if options.shots != "0":
+        raise ConfigError(f"shots: {method} takes no normal references; its pool is the normals/data images "
+                          f"(at most group - 1 of them, drawn with seed beyond); use shots 0, got {options.shots}")
+    if options.calibrate is not None:
+        raise ConfigError(f"calibrate: {method} is served without thresholds (Detector.calibrate refuses it)")
 
 
 def read_token(path: str | Path) -> str:
@@ -166,9 +183,6 @@ def detector_kwargs(record: dict[str, Any]) -> dict[str, Any]:
     method = kwargs.get("method", "alfa")
     if method not in METHODS:
         raise ConfigError(f"method: must be one of {', '.join(METHODS.names())}, got {method!r}")
-    if METHODS.declares(method, "mutual"):
-        raise ConfigError(f"method: {method} scores a class's images against each other and the service scores "
-                          "each upload alone; score folders with alfa-ad run")
     known = set(CONFIG_FIELDS) | _parameters(METHODS.get(method).__init__) | {"cache_dir"}
     known -= {"backbone", "options"}  # method options are given flat, not as an "options" mapping
     unknown = sorted(set(kwargs) - known)

@@ -54,6 +54,8 @@ class DetectResponse(BaseModel):
     n_prompts: dict[str, int]
     descriptors: Optional[list[Descriptor]] = None
     method: str
+    scores_depend_on_the_pool: Optional[str] = Field(None, description="musc: the score depends on the class's "
+                                                     "pool, fixed at start-up (how); None for other methods.")
     weights: str = Field(..., description="Weights label; says 'random weights' or 'planted weights' when they are.")
     weights_source: dict[str, Any]
     version: str
@@ -91,7 +93,8 @@ def map_png(anomaly_map: np.ndarray, max_side: int) -> str:
 
 
 def to_response(result: DetectionResult, class_name: str, options: DetectOptions, thresholds: Thresholds | None,
-                weights_source: dict[str, Any], version: str, batch: Any, map_size: int) -> DetectResponse:
+                weights_source: dict[str, Any], version: str, batch: Any, map_size: int,
+                score_note: str | None = None) -> DetectResponse:
     h, w = result.anomaly_map.shape
     return DetectResponse(
         class_name=class_name,
@@ -111,6 +114,7 @@ def to_response(result: DetectionResult, class_name: str, options: DetectOptions
         descriptors=[Descriptor(text=d.text, side=d.side, source=d.source, similarity=d.similarity)
                      for d in result.descriptors[: options.explain]] if options.explain else None,
         method=result.method,
+        scores_depend_on_the_pool=score_note,
         weights=result.weights,
         weights_source=weights_source,
         version=version,

@@ -6,7 +6,9 @@ hold a :class:`ScoringService` and call :meth:`ScoringService.score` from one th
 Zero-shot without calibration, one Detector serves every class (text embeddings are
 per class inside it).  With references (``shots``) or calibration, each class gets its
 own Detector (its own memory bank and thresholds) on the *same* backbone object, so
-the model's weights are in memory once.
+the model's weights are in memory once.  musc gets one Detector per class too, holding
+the class's pool (``Detector.fit_pool``: the ``normals``/``data`` images, at most
+``group - 1``), which scores each upload alone.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from .._version import __version__
 from ..detector import Detector
+from ..registry import trait
 from ..results import DetectionResult
 from .config import ServiceOptions, build_detector
 
@@ -58,10 +61,14 @@ class ScoringService:
         say(f"model loaded: {first.weights_label} on {first.backbone.device} ({time.perf_counter() - start:.1f} s)")
         detectors: dict[str, Detector] = {}
         facts: dict[str, dict[str, Any]] = {}
+        pooled = trait(first.method, "mutual")  # musc: each class scored against its own pool
+        per_class = options.per_class or pooled
         for i, name in enumerate(options.classes):
-            det = first if (i == 0 or not options.per_class) else build_detector(record, backbone=first.backbone)
+            det = first if (i == 0 or not per_class) else build_detector(record, backbone=first.backbone)
             info: dict[str, Any] = {"shots": options.shots}
-            if options.per_class:
+            if pooled:
+                info.update(_prepare_pool(det, name, options, int(record.get("seed", 0))))
+            elif options.per_class:
                 info.update(_prepare_class(det, name, options, int(record.get("seed", 0))))
             det.predict([np.full((64, 64, 3), 128, np.uint8)], name, explain=1)  # text embeddings, descriptors, warm-up
             prompts = det.prompts(name)
@@ -72,8 +79,8 @@ class ScoringService:
                          "memory_bank_size": det.method.bank_size if det.normals else 0})
             detectors[name] = det
             facts[name] = info
-            say(f"class {name}: ready ({len(det.normals)} references, "
-                f"{'thresholds set' if det.thresholds else 'no thresholds'})")
+            held = f"a pool of {info['pool']['images']} images" if pooled else f"{len(det.normals)} references"
+            say(f"class {name}: ready ({held}, {'thresholds set' if det.thresholds else 'no thresholds'})")
         config = {"detector": first.config.as_dict(), "classes": options.classes, "shots": options.shots,
                   "fpr": options.fpr if options.per_class else None}
         return cls(detectors, facts, _jsonable(config))
@@ -103,6 +110,29 @@ class ScoringService:
         except KeyError:
             raise ValueError(f"unknown class {class_name!r}; served: {', '.join(self.detectors)}") from None
         return detector.predict(list(images), class_name, explain=explain)
+
+    def score_note(self, class_name: str) -> str | None:
+        """What a response says its score depends on (musc: the class's pool), else None."""
+        return getattr(self.detectors[class_name].method, "batch_dependence", None)
+
+
+def _prepare_pool(detector: Detector, name: str, options: ServiceOptions, seed: int) -> dict[str, Any]:
+    """Fix the class's musc pool once: the images of ``normals`` (or ``DIR/<class>``), else of
+    the class's train split of ``data``, at most the method's ``pool_cap``, drawn with ``seed``
+    beyond it (``Detector.fit_pool``)."""
+    from ..references import find_pool
+
+    pool = find_pool(name, normals=options.folder_for("normals", name), data=options.data, name_data=True)
+    if len(pool.images) < 2:
+        raise ValueError(f"class {name!r}: a musc pool needs at least 2 images, {pool.where} holds {len(pool.images)}")
+    cap = detector.method.pool_cap
+    drawn = len(pool.images) > cap
+    source = f"{pool.where}, {cap} of {len(pool.images)} drawn with seed {seed}" if drawn else pool.where
+    chosen = detector.fit_pool(pool.images, seed=seed, source=source)
+    return {"pool": {"images": len(chosen), "candidates": len(pool.images), "cap": cap, "from": pool.where,
+                     "seed": seed if drawn else None, "rescoring": "among the upload and the pool"
+                     if detector.method.rescore_ks else "off (rescore_ks empty)"},
+            "scores_depend_on_the_pool": detector.method.batch_dependence}
 
 
 def _prepare_class(detector: Detector, name: str, options: ServiceOptions, seed: int) -> dict[str, Any]:
