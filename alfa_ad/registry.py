@@ -82,6 +82,7 @@ TRAITS: tuple[str, ...] = (
     "mutual",  # a predict call's images score each other (musc: score_together, group_size)
     "patches_only",  # no aligner, no window scales (patchknn, musc)
     "text_free",  # reads no prompt embedding: runs on a vision-only backbone (timm:..., DINOv2)
+    "bank_input",  # exported with the memory bank as a graph input: exported backends run it few-shot (patchknn)
 )
 
 
@@ -101,7 +102,7 @@ METHODS.add("musc", "alfa_ad.methods.musc:MuscMethod",
             traits=("mutual", "zero_shot_only", "patches_only", "text_free"))
 METHODS.add("patchknn", "alfa_ad.methods.patchknn:PatchKnnMethod",
             "AnomalyDINO-style few-shot nearest-neighbour patch distances (needs normals: --shots k)",
-            traits=("needs_normals", "patches_only", "text_free"))
+            traits=("needs_normals", "patches_only", "text_free", "bank_input"))
 
 # Prompt sources: factories ``(config, backbone) -> [PromptSource]``.  A method names its
 # default sources (``Method.prompt_sources``); ``DetectorConfig.prompt_sources`` names others.

@@ -149,7 +149,7 @@ def test_backend_registry_and_errors(det, tmp_path):
     with pytest.raises(ValueError, match="not a valid export manifest"):
         OnnxRuntimeBackend(tmp_path)
     winclip = Detector(det.backbone, method="winclip", cache_dir=None, tile="none")
-    with pytest.raises(ValueError, match="only --method alfa"):
+    with pytest.raises(ValueError, match="^--method winclip cannot be exported; exportable: alfa, patchknn"):
         create_backend("onnxruntime", winclip, tmp_path)
 
 

@@ -63,8 +63,20 @@ def compare(reference, got, checked_on: str) -> Agreement:
 
 def measure_agreement(detector, backend, images: Sequence[Any], checked_on: str,
                       class_name: str = "object") -> Agreement:
-    """Scores and maps of ``backend`` vs ``detector.method`` on ``images`` (one batch)."""
-    pixels = detector.backbone.preprocess(list(images))
+    """Scores and maps of ``backend`` vs ``detector.method`` on ``images`` (one batch).  A
+    method exported with its memory bank as an input (patchknn) and not fitted yet is fitted
+    on the first half of ``images`` and compared on the rest."""
+    from ..registry import trait
+
+    images = list(images)
+    if trait(detector.method, "bank_input") and detector.method.export_bank() is None:
+        half = len(images) // 2
+        if half < 1:
+            raise ValueError(f"checking a {detector.method.name} export needs at least 2 images: references, then "
+                             f"images to score; got {len(images)}")
+        detector.fit_normals(images[:half], seed=0)
+        images, checked_on = images[half:], f"{checked_on}; memory bank from the first {half}"
+    pixels = detector.backbone.preprocess(images)
     text = detector.class_text(class_name)
     with torch.inference_mode():
         reference = detector.method(pixels, text)

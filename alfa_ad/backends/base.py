@@ -15,7 +15,7 @@ from ..methods.base import BatchScores
 class Backend(Protocol):
     name: str
 
-    def __call__(self, pixels: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor]) -> BatchScores: ...
+    def __call__(self, pixels: torch.Tensor, text: tuple) -> BatchScores: ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -64,8 +64,8 @@ class ExportedBackend:
     def _open(self, path: Path) -> None:
         raise NotImplementedError
 
-    def run(self, pixels: np.ndarray, normal: np.ndarray, abnormal: np.ndarray) -> dict[str, np.ndarray]:
-        """The graph's outputs (:data:`OUTPUTS`) for float32 arrays."""
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's outputs (the manifest's ``outputs``) for float32 arrays named by its ``inputs``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ shared
@@ -77,18 +77,36 @@ class ExportedBackend:
         with np.load(self.folder / "texts.npz") as z:
             return z[f"{facts['index']}_normal"], z[f"{facts['index']}_abnormal"]
 
-    def __call__(self, pixels: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor]) -> BatchScores:
+    def __call__(self, pixels: torch.Tensor, text: tuple) -> BatchScores:
+        """``text``: the class's prompt embeddings (alfa), or the prompt counts of a method
+        that reads none (patchknn, whose graph takes the fitted memory bank instead)."""
+        if "bank" in self.manifest.inputs:
+            return self._with_bank(pixels, text)
         if self.method is not None and self.method.export_bank() is not None:
-            raise ValueError("the few-shot memory bank is not part of the exported model; use --backend torch")
-        feeds = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in (pixels, *text)]
-        out = {k: torch.from_numpy(np.asarray(v)) for k, v in self.run(*feeds).items()}
+            raise ValueError("the few-shot memory bank of alfa is not part of the exported model; use --backend torch")
+        feeds = dict(zip(self.manifest.inputs, (_array(t) for t in (pixels, *text))))
+        out = {k: torch.from_numpy(np.asarray(v)) for k, v in self.run(feeds).items()}
         return BatchScores(out["scores"], out["global_scores"], out["maps"], out["keep_normal"].bool(),
                            out["keep_abnormal"].bool(), out["embeddings"])
+
+    def _with_bank(self, pixels: torch.Tensor, counts: tuple[int, int]) -> BatchScores:
+        refs = getattr(self.method, "refs", None)
+        if refs is None:
+            raise ValueError(f"{self.method.name if self.method else 'this export'} scores against a memory bank: "
+                             "fit_normals(images) first (CLI: --shots k, --shots all or --normals)")
+        out = {k: torch.from_numpy(np.asarray(v))
+               for k, v in self.run({"pixels": _array(pixels), "bank": _array(refs.sets[0])}).items()}
+        kept_normal, kept_abnormal = self.method.none_kept(pixels.shape[0], counts)
+        return BatchScores(out["scores"], out["scores"], out["maps"], kept_normal, kept_abnormal, out["embeddings"])
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
         return {"backend": self.name, "exported": str(self.folder), "format": m.format, "precision": m.precision,
                 "opset": m.opset}
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().float().cpu().numpy())
 
 
 __all__ = ["Backend", "ExportedBackend", "OUTPUTS", "create_backend"]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.manifest import OUTPUTS
 from .base import ExportedBackend
 
 
@@ -25,6 +24,6 @@ class OnnxRuntimeBackend(ExportedBackend):
         options.log_severity_level = 3  # buffer-reuse notes on dynamic prompt counts are not problems
         self.session = ort.InferenceSession(str(path), options, providers=providers)
 
-    def run(self, pixels: np.ndarray, normal: np.ndarray, abnormal: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(list(OUTPUTS), {"pixels": pixels, "normal": normal, "abnormal": abnormal})
-        return dict(zip(OUTPUTS, values))
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = list(self.manifest.outputs)
+        return dict(zip(outputs, self.session.run(outputs, feeds)))

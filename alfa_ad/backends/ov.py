@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.manifest import OUTPUTS
 from .base import ExportedBackend
 
 
@@ -25,6 +24,6 @@ class OpenVinoBackend(ExportedBackend):
         self.compiled = core.compile_model(str(path), self.device, {"INFERENCE_PRECISION_HINT": "f32"})
         self.request = self.compiled.create_infer_request()
 
-    def run(self, pixels: np.ndarray, normal: np.ndarray, abnormal: np.ndarray) -> dict[str, np.ndarray]:
-        result = self.request.infer({"pixels": pixels, "normal": normal, "abnormal": abnormal})
-        return {name: np.array(result[self.compiled.output(name)]) for name in OUTPUTS}
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self.request.infer(feeds)
+        return {name: np.array(result[self.compiled.output(name)]) for name in self.manifest.outputs}

@@ -21,6 +21,8 @@ def export(
                                   "MatMul/Gemm weight; agreement in docs/scaling.md)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma list of class names whose prompt "
                                           "embeddings are stored beside the model (texts.npz)."),
+    method: str = typer.Option("alfa", "--method", help="alfa (zero-shot: prompt embeddings are inputs) or "
+                               "patchknn (few-shot: the memory bank is an input)."),
     aligner: str = typer.Option(DEFAULT_ALIGNER, "--aligner", help=ALIGNERS.help() + "."),
     model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model name (default {DEFAULT_MODEL})."),
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
@@ -36,8 +38,10 @@ def export(
                                               "generated demo images."),
     check_images: int = typer.Option(8, "--check-images", help="How many images to compare on (0: no check)."),
 ) -> None:
-    """Export ALFA's per-image model (image encoder + scoring head; prompt embeddings are inputs)."""
+    """Export a method's per-image model: ALFA's image encoder + scoring head (prompt embeddings are
+    inputs), or patchknn's image encoder + nearest-bank-patch scoring (the memory bank is an input)."""
     from ..export import EXPORT_FORMATS, PRECISIONS, export_detector
+    from ..export.graphs import GRAPH_IO
 
     if fmt not in EXPORT_FORMATS:
         fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
@@ -47,10 +51,16 @@ def export(
         fail(f"{out}: --out must be a folder, and a file has that name")
     if check_images < 0:
         fail("--check-images must be 0 or more")
+    if method not in GRAPH_IO:
+        fail(f"--method {method} cannot be exported; exportable: {', '.join(GRAPH_IO)} (musc's images score each "
+             "other: there is no per-image graph)")
+    if method != "alfa" and (classes or scales or prompts or llm):
+        fail(f"--method {method} reads no prompt and no window: --classes, --scales, --prompts and --llm do not apply")
     names = [" ".join(c.split()) for c in classes.split(",") if c.strip()] if classes else []
-    detector = build_detector("alfa", model, pretrained, checkpoint, weights, seed, "cpu", scales, cache_dir, 1,
+    detector = build_detector(method, model, pretrained, checkpoint, weights, seed, "cpu", scales, cache_dir, 1,
                               prompts, llm, aligner=aligner)
-    say(f"exporting ALFA ({aligner} aligner, {detector.weights_label}) as {fmt} {precision} to {out}")
+    what = f"ALFA ({aligner} aligner" if method == "alfa" else f"{method} (memory bank as input"
+    say(f"exporting {what}, {detector.weights_label}) as {fmt} {precision} to {out}")
     try:
         manifest = export_detector(detector, out, fmt, precision, names)
     except ValueError as exc:

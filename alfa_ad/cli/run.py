@@ -147,9 +147,9 @@ def check_options(a: RunArgs) -> tuple[Shots, tuple[int, ...]]:
         fail("--seeds draws different references per seed; zero-shot has none to draw (use --shots k)")
     if a.backend not in BACKENDS:
         fail(f"--backend must be one of {', '.join(BACKENDS.names())}, got {a.backend!r}")
-    if a.backend != "torch" and shots != 0:
-        fail(f"--backend {a.backend} runs the exported zero-shot model; few-shot (--shots/--normals) needs "
-             "--backend torch")
+    if a.backend != "torch" and shots != 0 and not METHODS.declares(a.method, "bank_input"):
+        fail(f"--backend {a.backend} runs the exported zero-shot model of --method {a.method}; few-shot "
+             "(--shots/--normals) needs --backend torch (patchknn exports with its memory bank as an input)")
     check_output_options(a, seed_list)
     return shots, seed_list
 

@@ -12,27 +12,38 @@ from typing import Any
 MANIFEST = "manifest.json"
 INPUTS = ("pixels", "normal", "abnormal")
 OUTPUTS = ("scores", "global_scores", "maps", "keep_normal", "keep_abnormal", "embeddings")
+BANK_INPUTS = ("pixels", "bank")  # patchknn: the memory bank is an input
+BANK_OUTPUTS = ("scores", "maps", "embeddings")
 
 
 def identity(detector) -> dict[str, Any]:
     """What an exported graph computes, from a detector: equal dicts, same graph."""
-    head = detector.method.head
     bb = detector.backbone
     return {
         "model": bb.weights.model_name,
         "weights": {"source": bb.weights.source, "detail": bb.weights.detail,
                     "visual": bb.visual_fingerprint, "text": bb.fingerprint},
         "method": detector.config.method,
-        "aligner": detector.config.aligner,
-        "scales": list(head.scales),
-        "options": {"temperature": head.temperature, "k": head.k, "sigma": head.blur.sigma,
-                    "contextual": head.contextual, "use_text": head.use_text, "global_in_map": head.global_in_map,
-                    "text_projection": head.aligner.text_projection},
+        **method_identity(detector),
         "input_size": list(bb.image_size),
         "mean": list(bb.mean),
         "std": list(bb.std),
         "embed_dim": bb.embed_dim,
     }
+
+
+def method_identity(detector) -> dict[str, Any]:
+    """The method's options that change the graph (aligner, scales, options)."""
+    method = detector.method
+    if detector.config.method == "patchknn":
+        return {"aligner": None, "scales": [],
+                "options": {"layer": method.layer, "top_percent": method.top_percent, "sigma": method.blur.sigma,
+                            "masking": method.masking, "few_shot_scorer": method.scorer.name}}
+    head = method.head
+    return {"aligner": detector.config.aligner, "scales": list(head.scales),
+            "options": {"temperature": head.temperature, "k": head.k, "sigma": head.blur.sigma,
+                        "contextual": head.contextual, "use_text": head.use_text,
+                        "global_in_map": head.global_in_map, "text_projection": head.aligner.text_projection}}
 
 
 @dataclass

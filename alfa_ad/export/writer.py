@@ -14,25 +14,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from .manifest import INPUTS, MANIFEST, OUTPUTS, Manifest, identity, load_manifest
+from ..registry import trait
+from .graphs import GRAPH_IO, check_exportable, export_spec
+from .manifest import MANIFEST, Manifest, identity, load_manifest
 
 EXPORT_FORMATS = ("onnx", "openvino")
 PRECISIONS = ("fp32", "int8")
 OPSET = 18
-
-
-class ExportGraph(nn.Module):
-    """:class:`AlfaHead` with tensor outputs in a fixed order (:data:`OUTPUTS`)."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, pixels: torch.Tensor, normal: torch.Tensor, abnormal: torch.Tensor):
-        o = self.head(pixels, normal, abnormal)
-        return o.scores, o.global_scores, o.maps, o.keep_normal, o.keep_abnormal, o.embeddings
 
 
 def versions() -> dict[str, str]:
@@ -58,29 +47,14 @@ def _require(module: str, extra: str):
         raise ValueError(f"{module} is not installed; pip install 'alfa-ad[{extra}]'") from None
 
 
-def check_exportable(detector) -> None:
-    if detector.config.method != "alfa":
-        raise ValueError(f"only --method alfa can be exported (its scoring head is one torch module); "
-                         f"got {detector.config.method}")
-    if detector.method.export_bank() is not None:
-        raise ValueError("the few-shot memory bank is not part of the exported model; export and run zero-shot, "
-                         "or use --backend torch for few-shot")
-
-
 def write_onnx(detector, path: Path, opset: int = OPSET) -> None:
-    """The fp32 graph, batch and prompt counts dynamic."""
+    """The fp32 graph of the detector's method (:mod:`.graphs`), batch and the prompt or
+    bank sizes dynamic."""
     _require("onnx", "export")
-    head = detector.method.head
+    spec = export_spec(detector)
+    graph = spec.module
     if detector.backbone.device.type != "cpu" or detector.backbone.dtype != torch.float32:
-        head = copy.deepcopy(head).float().cpu()
-    graph = ExportGraph(head).eval()
-    h, w = detector.backbone.image_size
-    d = detector.backbone.embed_dim
-    gen = torch.Generator().manual_seed(0)
-    pixels = torch.randn(2, 3, h, w, generator=gen)
-    # different prompt counts, so that no two dynamic axes look alike to the tracer
-    normal = torch.nn.functional.normalize(torch.randn(5, d, generator=gen), dim=-1)
-    abnormal = torch.nn.functional.normalize(torch.randn(7, d, generator=gen), dim=-1)
+        graph = copy.deepcopy(graph).float().cpu()  # alfa: the head holds the model (patchknn refuses earlier)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python scalars (sizes fixed by the model)
@@ -88,12 +62,9 @@ def write_onnx(detector, path: Path, opset: int = OPSET) -> None:
         # symbolic; the plain path computes the same
         torch.backends.mha.set_fastpath_enabled(False)
         try:
-            torch.onnx.export(graph, (pixels, normal, abnormal), str(path), dynamo=False, opset_version=opset,
-                              input_names=list(INPUTS), output_names=list(OUTPUTS),
-                              dynamic_axes={"pixels": {0: "batch"}, "normal": {0: "n_normal"},
-                                            "abnormal": {0: "n_abnormal"}, **{o: {0: "batch"} for o in OUTPUTS},
-                                            "keep_normal": {0: "batch", 1: "n_normal"},
-                                            "keep_abnormal": {0: "batch", 1: "n_abnormal"}})
+            torch.onnx.export(graph, spec.example, str(path), dynamo=False, opset_version=opset,
+                              input_names=list(spec.inputs), output_names=list(spec.outputs),
+                              dynamic_axes=spec.dynamic_axes)
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
 
@@ -105,7 +76,8 @@ def encoder_linear_nodes(path: Path) -> list[str]:
     interval test of eq. (4) amplify int8 rounding (measured: up to 0.17 on the score)."""
     onnx = _require("onnx", "export")
     graph = onnx.load(str(path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and "/resblocks." in n.name]
+    return [n.name for n in graph.node  # open_clip's resblocks, timm's blocks
+            if n.op_type in ("MatMul", "Gemm") and ("/resblocks." in n.name or "/blocks." in n.name)]
 
 
 def quantize_int8(src: Path, dst: Path) -> dict:
@@ -127,8 +99,11 @@ def write_openvino(onnx_path: Path, xml: Path) -> None:
 
 
 def save_texts(detector, classes: Sequence[str], folder: Path) -> dict[str, dict]:
-    """The classes' unit prompt embeddings (``texts.npz``) and their prompts for the manifest."""
+    """The classes' unit prompt embeddings (``texts.npz``) and their prompts for the manifest
+    (a method that reads no prompt stores neither: its graph takes none)."""
     arrays, facts = {}, {}
+    if trait(detector.method, "text_free"):
+        return facts
     for i, name in enumerate(classes):
         normal, abnormal = detector.class_text(name)
         arrays[f"{i}_normal"] = normal.float().cpu().numpy()
@@ -173,9 +148,10 @@ def export_detector(detector, out: Path, fmt: str = "onnx", precision: str = "fp
         else:
             file = "model.int8.xml" if precision == "int8" else "model.xml"
             write_openvino(onnx_path, out / file)
+    inputs, outputs = GRAPH_IO[detector.config.method]
     manifest = Manifest(format=fmt, precision=precision, file=file, identity=identity(detector), opset=opset,
                         versions=versions(), quantization=quant, classes=save_texts(detector, classes, out),
-                        weights_label=detector.weights_label)
+                        inputs=inputs, outputs=outputs, weights_label=detector.weights_label)
     manifest.write(out)
     return manifest
 

@@ -91,6 +91,7 @@ class PatchKnnMethod(PromptFree, ReferenceBank):
     peak_of_visual = False
     needs_normals: ClassVar[bool] = True  # no zero-shot part: the CLI and the tests ask for references
     patches_only: ClassVar[bool] = True  # no aligner, no window scales
+    bank_input: ClassVar[bool] = True  # alfa-ad export: the bank is a graph input (export/graphs.py)
 
     def __init__(
         self,

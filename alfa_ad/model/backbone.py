@@ -139,6 +139,11 @@ class ClipBackbone:
         return self.penultimate_with(tokens, ())[0]
 
     @property
+    def vision_tower(self) -> torch.nn.Module:
+        """The image encoder as a module (what an export graph registers, so it sees the weights)."""
+        return self.clip.visual
+
+    @property
     def depth(self) -> int:
         """Number of vision transformer blocks."""
         return len(self.clip.visual.transformer.resblocks)

@@ -155,6 +155,10 @@ class TimmVitBackbone:
         return int(self.vit.embed_dim)
 
     @property
+    def vision_tower(self) -> torch.nn.Module:
+        return self.vit
+
+    @property
     def depth(self) -> int:
         return len(self.vit.blocks)
 

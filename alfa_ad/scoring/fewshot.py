@@ -130,12 +130,16 @@ class References:
 
 
 def nn_distance(query: torch.Tensor, bank: torch.Tensor, owners: Optional[torch.Tensor] = None,
-                exclude: Optional[int] = None, chunk: int = 4096) -> torch.Tensor:
+                exclude: Optional[int] = None, chunk: Optional[int] = 4096) -> torch.Tensor:
     """``(1 - max cos) / 2`` of each query token to unit-norm ``bank`` tokens, skipping those
-    whose owner is ``exclude`` (leave-one-out): ``query.shape[:-1]``."""
+    whose owner is ``exclude`` (leave-one-out): ``query.shape[:-1]``.  ``chunk``: bank rows
+    per matrix product; None: one product (an exported graph, whose bank size is dynamic)."""
     shape = query.shape[:-1]
     q = F.normalize(query.reshape(-1, query.shape[-1]).float(), dim=-1)
     bank = bank.to(q.device)
+    if chunk is None:
+        best = (q @ bank.float().T).amax(-1)
+        return ((1.0 - best) / 2.0).clamp(0.0, 1.0).reshape(shape)
     best = torch.full((q.shape[0],), -2.0, device=q.device)
     for s in range(0, bank.shape[0], chunk):
         sims = q @ bank[s : s + chunk].T

@@ -1,0 +1,129 @@
+"""What each exportable method's graph is: the torch module traced, its example inputs,
+input and output names, dynamic axes, and the options that identify it.
+
+* ``alfa`` (zero-shot): the image encoder and :class:`~alfa_ad.methods.alfa_head.AlfaHead`;
+  inputs ``pixels (B, 3, H, W)``, the class's unit prompt embeddings ``normal (N+, D)``
+  and ``abnormal (N-, D)``; outputs :data:`~alfa_ad.export.manifest.OUTPUTS`.
+* ``patchknn`` (few-shot, the bank scorer without masking): the image encoder, the chosen
+  block's patch tokens through the final norm, each patch's distance to its nearest bank
+  row and the top-percent image score; inputs ``pixels`` and the memory bank
+  ``bank (M, d)`` (unit rows, any ``M``), so one file serves every class and reference set;
+  outputs :data:`~alfa_ad.export.manifest.BANK_OUTPUTS`.
+
+musc is not exportable: its images score each other (no per-image graph).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from .manifest import BANK_INPUTS, BANK_OUTPUTS, INPUTS, OUTPUTS
+
+
+class ExportSpec(NamedTuple):
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+
+
+class AlfaGraph(nn.Module):
+    """:class:`AlfaHead` with tensor outputs in a fixed order (:data:`OUTPUTS`)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, pixels: torch.Tensor, normal: torch.Tensor, abnormal: torch.Tensor):
+        o = self.head(pixels, normal, abnormal)
+        return o.scores, o.global_scores, o.maps, o.keep_normal, o.keep_abnormal, o.embeddings
+
+
+class PatchKnnGraph(nn.Module):
+    """patchknn's per-image scoring with the memory bank as an input (:data:`BANK_OUTPUTS`).
+    The same pieces as :meth:`PatchKnnMethod.__call__` with the bank scorer, except that the
+    nearest-row search is one matrix product (no chunks: the bank's size is dynamic)."""
+
+    def __init__(self, method: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "method", method)  # not a module; its parts are registered below
+        self.visual = method.backbone.vision_tower  # submodules, so the tracer sees weights, not constants
+        self.blur = method.blur
+
+    def forward(self, pixels: torch.Tensor, bank: torch.Tensor):
+        from ..methods.patchknn import top_percent_mean
+        from ..scoring.fewshot import nn_distance
+
+        feats, sets = self.method.token_sets(pixels)
+        distance = nn_distance(sets[0], bank, chunk=None)  # (B, P)
+        scores = top_percent_mean(distance, self.method.top_percent)
+        maps = self.method.finish(distance.view(-1, *self.method.backbone.grid))
+        return scores, maps, feats.g.float()
+
+
+def _check_alfa(detector) -> None:
+    if detector.method.export_bank() is not None:
+        raise ValueError("the few-shot memory bank of alfa is not part of the exported model; export and run "
+                         "zero-shot, or use --backend torch for few-shot")
+
+
+def _check_patchknn(detector) -> None:
+    method, bb = detector.method, detector.backbone
+    if method.scorer.name != "bank" or method.masking != "off":
+        raise ValueError("patchknn exports with the bank scorer and masking off (pca masking needs an SVD, "
+                         f"which ONNX lacks); got few_shot_scorer {method.scorer.name}, masking {method.masking}")
+    if bb.device.type != "cpu" or bb.dtype != torch.float32:
+        raise ValueError("export patchknn from a CPU fp32 detector (device cpu, no half precision)")
+
+
+def _alfa(detector) -> ExportSpec:
+    d = detector.backbone.embed_dim
+    gen = torch.Generator().manual_seed(0)
+    h, w = detector.backbone.image_size
+    # different prompt counts, so that no two dynamic axes look alike to the tracer
+    example = (torch.randn(2, 3, h, w, generator=gen),
+               nn.functional.normalize(torch.randn(5, d, generator=gen), dim=-1),
+               nn.functional.normalize(torch.randn(7, d, generator=gen), dim=-1))
+    axes = {"pixels": {0: "batch"}, "normal": {0: "n_normal"}, "abnormal": {0: "n_abnormal"},
+            **{o: {0: "batch"} for o in OUTPUTS},
+            "keep_normal": {0: "batch", 1: "n_normal"}, "keep_abnormal": {0: "batch", 1: "n_abnormal"}}
+    return ExportSpec(AlfaGraph(detector.method.head).eval(), example, INPUTS, OUTPUTS, axes)
+
+
+def _patchknn(detector) -> ExportSpec:
+    method = detector.method
+    gen = torch.Generator().manual_seed(0)
+    h, w = detector.backbone.image_size
+    with torch.no_grad():
+        width = method.token_sets(torch.zeros(1, 3, h, w))[1][0].shape[-1]  # the feature width of the bank
+    example = (torch.randn(2, 3, h, w, generator=gen),
+               nn.functional.normalize(torch.randn(11, width, generator=gen), dim=-1))
+    axes = {"pixels": {0: "batch"}, "bank": {0: "bank_rows"}, **{o: {0: "batch"} for o in BANK_OUTPUTS}}
+    return ExportSpec(PatchKnnGraph(method).eval(), example, BANK_INPUTS, BANK_OUTPUTS, axes)
+
+
+GRAPHS: dict[str, tuple[Callable[[Any], None], Callable[[Any], ExportSpec]]] = {
+    "alfa": (_check_alfa, _alfa), "patchknn": (_check_patchknn, _patchknn)}
+
+
+GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "alfa": (INPUTS, OUTPUTS), "patchknn": (BANK_INPUTS, BANK_OUTPUTS)}  # input and output names per method
+
+
+def check_exportable(detector) -> None:
+    """ValueError (one line) when ``detector``'s method or options cannot be exported."""
+    method = detector.config.method
+    if method not in GRAPHS:
+        raise ValueError(f"--method {method} cannot be exported; exportable: {', '.join(GRAPHS)} (musc's images "
+                         "score each other, so it has no per-image graph)")
+    GRAPHS[method][0](detector)
+
+
+def export_spec(detector) -> ExportSpec:
+    """The graph of ``detector``'s method, with example inputs for tracing."""
+    check_exportable(detector)
+    return GRAPHS[detector.config.method][1](detector)
