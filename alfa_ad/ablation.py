@@ -362,8 +362,7 @@ def _prepare(det: Detector, cls: str, normals: Mapping[str, Sequence[Any]]) -> s
     if not trait(det.method, "needs_normals"):
         return None
     if not normals.get(cls):
-        return ("needs normal references (few-shot) and none were given (ablate scores zero-shot); "
-                f"try alfa-ad run --method {det.method.name} --shots k")
+        return "needs normal references (few-shot) and none were given: add --shots k (or --normals DIR)"
     try:
         det.fit_normals(list(normals[cls]), max_leave_one_out=0)
     except (ImageLoadError, ValueError) as exc:

@@ -167,6 +167,26 @@ def test_ablate_methods_option(demo_root, tmp_path):
             assert float(r[m]) == pytest.approx(metrics[m], abs=1e-4), (name, m)
 
 
+def test_ablate_fits_patchknn_on_shots_like_run(demo_root, tmp_path):
+    refs = make_synthetic_dataset(tmp_path / "refs", n_good=3, n_defect=0, seed=5) / "widget" / "test" / "good"
+    out = tmp_path / "abl"
+    result = invoke("ablate", "--data", demo_root, "--weights", "planted", "--out", out, "--methods", "patchknn",
+                    "--shots", "3", "--normals", refs)
+    assert result.exit_code == 0, result.output
+    row = [r for r in csv.DictReader(open(out / "ablation.csv", newline=""))
+           if r["configuration"].startswith("method ")]
+    assert len(row) == 1 and row[0]["configuration"].startswith("method patchknn (few-shot, 3 normals per class;")
+    res = invoke("run", "--data", demo_root, "--weights", "planted", "--method", "patchknn", "--normals", refs,
+                 "--tile", "none", "--no-overlays", "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]["widget"]
+    for m in METRICS:
+        assert float(row[0][m]) == pytest.approx(metrics[m], abs=1e-4), m
+    short = invoke("ablate", "--data", demo_root, "--weights", "planted", "--out", tmp_path / "o2", "--methods",
+                   "patchknn", "--shots", "4", "--normals", refs)
+    assert short.exit_code == 2 and "has 3 normal images" in short.output and "--shots 4" in short.output
+
+
 def test_ablate_unknown_method_is_a_one_line_error(demo_root, tmp_path):
     result = invoke("ablate", "--data", demo_root, "--weights", "planted", "--out", tmp_path / "o",
                     "--methods", "winclip,bogus")

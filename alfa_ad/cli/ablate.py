@@ -29,13 +29,18 @@ def ablate(
     pretrained: str = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pretrained tag."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
     weights: str = typer.Option("pretrained", "--weights", help=WEIGHTS_HELP),
-    seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
+    seed: int = typer.Option(0, "--seed", help="Seed of random weights and of the --shots draw."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Registry methods to score beside the grid, one "
                                           "row each on the same model: a comma list (winclip,musc,patchknn) or all "
                                           "(every method but alfa). musc scores each class as one batch; patchknn "
-                                          "needs normals, which ablate (zero-shot) has not: skipped with the reason."),
+                                          "needs normals (--shots k), else it is skipped with the reason."),
+    shots: Optional[str] = typer.Option(None, "--shots", help="Normal references per class for the method rows that need "
+                              "them (patchknn): k or all, drawn with --seed from <data>/<class>/train/good or "
+                              "--normals (default: all with --normals, else 0); the grid stays zero-shot."),
+    normals: Optional[Path] = typer.Option(None, "--normals", help="Folder of normal references (or DIR/<class>) "
+                                           "for --shots, instead of the data's train split."),
 ) -> None:
     """Run ALFA's ablation grid (prompt sources, contextual scoring, aligner, scales, text
     projection) zero-shot over --data, sharing each image's forward pass across configurations;
@@ -57,6 +62,7 @@ def ablate(
         fail(str(exc))
     if not any(s.label is not None for v in dataset.values() for s in v):
         fail(f"{data}: no labelled test images (an ablation needs good and defective images to compare)")
+    references = _references(dataset, data, shots, normals, seed) if specs else {}
     libs = name_map(prompt_class, list(dataset), "--prompt-class")
     detector = build_detector("alfa", model, pretrained, checkpoint, weights, seed, device, "2,3", cache_dir, 1,
                               prompts, True, tile="none")
@@ -66,7 +72,7 @@ def ablate(
         console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
     say(f"alfa-ad {__version__} ablate: {sum(map(len, dataset.values()))} images, {len(dataset)} classes, "
         f"{detector.weights_label}")
-    rows = _score_with_progress(detector, dataset, specs)
+    rows = _score_with_progress(detector, dataset, specs, references)
     header = {"alfa-ad": __version__, "data": str(data), "classes": ", ".join(dataset), "weights": detector.weights_label,
               "model": detector.backbone.weights.model_name, "device": str(detector.backbone.device),
               "torch threads": __import__("torch").get_num_threads()}
@@ -83,7 +89,32 @@ def ablate(
     say(f"{rows_said}; {csv_path} and {md_path}")
 
 
-def _score_with_progress(detector, dataset: dict, specs: list) -> list:
+def _references(dataset: dict, data: Path, shots: Optional[str], normals: Optional[Path], seed: int) -> dict[str, list]:
+    """Per class the ``--shots`` references drawn with ``seed`` (``alfa-ad run``'s rules); {} for 0."""
+    from ..references import ShotsError, choose_references, find_pool, parse_shots, pool_shortfall
+
+    try:
+        k = parse_shots(shots if shots is not None else ("all" if normals is not None else 0))
+    except ShotsError as exc:
+        fail(str(exc))
+    if k == 0:
+        if normals is not None:
+            fail("--normals gives references for few-shot rows, but --shots is 0; drop --shots or give --shots k|all")
+        return {}
+    out = {}
+    for cls in dataset:
+        try:
+            pool = find_pool(cls, normals=normals, data=data)
+        except (InputError, ValueError) as exc:
+            fail(str(exc))
+        short = pool_shortfall(cls, pool, k)
+        if short:
+            fail(short)
+        out[cls] = choose_references(pool.images, k, seed)
+    return out
+
+
+def _score_with_progress(detector, dataset: dict, specs: list, references: dict) -> list:
     """:func:`~alfa_ad.ablation.run_ablation` under a progress bar (the grid, then each method
     row's pass); unreadable images and method rows left out are printed as skipped."""
     from ..ablation import run_ablation
@@ -103,6 +134,6 @@ def _score_with_progress(detector, dataset: dict, specs: list) -> list:
 
         try:
             return run_ablation(detector, dataset, on_progress=on_progress, on_error=on_error, methods=specs,
-                                on_skip=on_error)
+                                normals=references, on_skip=on_error)
         except ValueError as exc:
             fail(str(exc))
