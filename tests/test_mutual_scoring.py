@@ -116,3 +116,18 @@ def test_rescore_by_hand():
     assert torch.allclose(rescore_images(torch.full((3,), 0.01), emb), torch.full((3,), 0.01))
     with pytest.raises(ValueError, match=">= 1"):
         rescore_images(s, emb, ks=(0,))
+
+
+def test_pool_only_scores_each_image_by_the_pool_alone():
+    """1-D patches: images 0 and 0.5, pool 1 and 3, interval [0, 0.5).  By the pool alone the
+    distances are (1, 3) and (0.5, 2.5): the smallest, 1.0 and 0.5.  With the images also
+    scoring each other, image 0's nearest is image 1 at 0.5 (others = 3, still one kept)."""
+    images = torch.tensor([[[0.0]], [[0.5]]])
+    pool = torch.tensor([[[1.0]], [[3.0]]])
+    alone = mutual_scores(images, 0.0, 0.5, pool=pool, pool_only=True)
+    assert torch.allclose(alone, torch.tensor([[1.0], [0.5]]), atol=1e-5)
+    together = mutual_scores(images, 0.0, 0.5, pool=pool)
+    assert torch.allclose(together, torch.tensor([[0.5], [0.5]]), atol=1e-5)
+    assert torch.allclose(mutual_scores(images[:1], 0.0, 1.0, pool=pool, pool_only=True), torch.tensor([[2.0]]))
+    with pytest.raises(ValueError, match="pool_only needs a pool"):
+        mutual_scores(images, pool_only=True)

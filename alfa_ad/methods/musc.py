@@ -57,8 +57,10 @@ def choose_pool(images: Sequence[Any], cap: int, seed: int = 0) -> list[Any]:
 
 class MuscPool(NamedTuple):
     """A fixed pool on the model's device: per layer the layer-normalised patch tokens
-    ``(R, P, C)``, the image embeddings ``(R, D)``, and each pool image's map maximum with
-    the rest of the pool as its scorers ``(R,)`` (what re-scoring reads)."""
+    ``(R, P, C)`` (aggregated per degree at each call: storing every degree would hold three
+    times the memory for a few percent of the time), the image embeddings ``(R, D)``, and
+    each pool image's map maximum with the rest of the pool as its scorers ``(R,)`` (what
+    re-scoring reads)."""
 
     layers: list[torch.Tensor]
     embeddings: torch.Tensor
@@ -143,19 +145,19 @@ class MuscMethod(PromptFree):
         tokens = [(feats.last if i == last else next(caps))[:, 1:] for i in self.layers]
         return [normalize_layer(t) for t in tokens], feats.g.float()
 
-    def patch_scores(self, layers: Sequence[torch.Tensor], pool: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def aggregated(self, layers: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """LNAMD of every layer at every degree: ``[layer][degree] (N, P, C)``."""
+        return [[aggregate_neighbourhood(tokens, self.backbone.grid, r) for r in self.degrees] for tokens in layers]
+
+    def patch_scores(self, layers: Sequence[torch.Tensor], pool: MuscPool | None = None) -> torch.Tensor:
         """``(N, P)`` in [0, 1]: MSM over the group, mean over layers and degrees, halved.
-        ``pool`` (per layer ``(R, P, C)``): each image is scored by the pool alone instead."""
-        grid = self.backbone.grid
+        ``pool``: each image is scored by the pool alone instead (not by the others)."""
         total = None
-        for k, tokens in enumerate(layers):
-            for r in self.degrees:
-                z = aggregate_neighbourhood(tokens, grid, r)
-                if pool is None:
-                    s = mutual_scores(z, *self.interval)
-                else:  # one image at a time: the images scored together do not score each other
-                    scorers = aggregate_neighbourhood(pool[k], grid, r)
-                    s = torch.cat([mutual_scores(z[i:i + 1], *self.interval, pool=scorers) for i in range(len(z))])
+        scorers = None if pool is None else self.aggregated(pool.layers)
+        for k, per_degree in enumerate(self.aggregated(layers)):
+            for d, z in enumerate(per_degree):
+                s = (mutual_scores(z, *self.interval) if scorers is None else
+                     mutual_scores(z, *self.interval, pool=scorers[k][d], pool_only=True))
                 total = s if total is None else total + s
         return (total / (2 * len(layers) * len(self.degrees))).clamp(0.0, 1.0)
 
@@ -181,7 +183,7 @@ class MuscMethod(PromptFree):
         del per_layer
         embeddings = torch.cat(embedded)
         pool = self.pool
-        patch = self.patch_scores(layers, None if pool is None else pool.layers)
+        patch = self.patch_scores(layers, pool)
         maps = self.finish(patch.view(-1, *self.backbone.grid)).float().cpu()
         peak = patch.amax(-1)
         if pool is None:

@@ -69,19 +69,22 @@ def interval_bounds(others: int, low: float, high: float) -> tuple[int, int]:
 
 
 def mutual_scores(features: torch.Tensor, low: float = 0.0, high: float = 0.3,
-                  pool: torch.Tensor | None = None, chunk: int = 16) -> torch.Tensor:
+                  pool: torch.Tensor | None = None, chunk: int = 16, pool_only: bool = False) -> torch.Tensor:
     """MSM: ``(N, P, C)`` unit features of N images scored by each other -> ``(N, P)``.
 
     For patch ``p`` of image ``i`` and every image ``j != i``: ``d_j = min_q |z_ip - z_jq|``
     (Euclidean); the score is the mean of the ascending ``d_j`` in the
     :func:`interval_bounds` window.  ``pool``: ``(R, P', C)`` more images that score but
-    are not scored (e.g. normal references), with as many patches as the images.  ``chunk``
-    images are scored at a time, so the distances held are ``chunk x P x (N + R) x P``,
-    not ``N x P x (N + R) x P``.
+    are not scored (e.g. normal references), with as many patches as the images;
+    ``pool_only``: the pool alone scores (the images do not score each other: a service's
+    uploads against a fixed pool).  ``chunk`` images are scored at a time, so the distances
+    held are ``chunk x P x (N + R) x P``, not ``N x P x (N + R) x P``.
     """
     n, p, c = features.shape
-    scorers = features if pool is None else torch.cat([features, pool.to(features)], 0)
-    others = scorers.shape[0] - 1
+    if pool_only and pool is None:
+        raise ValueError("pool_only needs a pool")
+    scorers = features if pool is None else pool.to(features) if pool_only else torch.cat([features, pool.to(features)], 0)
+    others = scorers.shape[0] - (0 if pool_only else 1)
     if others < 1:
         raise ValueError("mutual scoring needs at least 2 images scored together")
     lo, hi = interval_bounds(others, low, high)
@@ -91,8 +94,9 @@ def mutual_scores(features: torch.Tensor, low: float = 0.0, high: float = 0.3,
         q = features[start:start + chunk].float()  # (b, P, C)
         d = torch.cdist(q.reshape(-1, c), flat.float(), compute_mode="use_mm_for_euclid_dist")  # (b*P, M*P')
         d = d.reshape(q.shape[0], p, scorers.shape[0], -1).amin(-1)  # (b, P, M): nearest patch per image
-        rows = torch.arange(q.shape[0], device=d.device)
-        d[rows, :, start + rows] = float("inf")  # an image never scores itself
+        if not pool_only:
+            rows = torch.arange(q.shape[0], device=d.device)
+            d[rows, :, start + rows] = float("inf")  # an image never scores itself
         d = d.topk(hi, dim=-1, largest=False).values[..., lo:hi]  # the hi smallest, ascending
         out[start:start + q.shape[0]] = d.mean(-1)
     return out
