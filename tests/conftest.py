@@ -42,6 +42,22 @@ def shared_data() -> Path:
     return path
 
 
+def perturbed_planted(**options):
+    """A Detector on the planted model's architecture whose image-tower weights are nudged
+    with seeded noise (5% of each tensor's mean magnitude): exports and backends then see
+    weights without the planted model's exact zeros and ones."""
+    import torch
+
+    from alfa_ad import Detector
+
+    d = Detector(weights="planted", device="cpu", cache_dir=None, tile="none", batch_size=4, **options)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in d.backbone.clip.visual.parameters():
+            p.add_(0.05 * p.abs().mean() * torch.randn(p.shape, generator=gen))
+    return d
+
+
 def grey_texture(height: int, width: int, seed: int = 0) -> np.ndarray:
     """``(H, W, 3)`` uint8 neutral-grey texture (no redness: R == G == B up to noise)."""
     rng = np.random.default_rng(seed)

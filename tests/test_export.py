@@ -33,12 +33,9 @@ CLASS = "widget"
 @pytest.fixture(scope="module")
 def det():
     """The planted model's architecture with random image-tower weights (seeded)."""
-    d = Detector(weights="planted", device="cpu", cache_dir=None, llm_prompts=False, tile="none", batch_size=4)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in d.backbone.clip.visual.named_parameters():
-            p.add_(0.05 * p.abs().mean() * torch.randn(p.shape, generator=gen))
-    return d
+    from conftest import perturbed_planted
+
+    return perturbed_planted(llm_prompts=False)
 
 
 @pytest.fixture(scope="module")

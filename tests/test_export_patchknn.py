@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -23,7 +22,7 @@ from alfa_ad.demo import make_synthetic_dataset  # noqa: E402
 from alfa_ad.detector import Detector  # noqa: E402
 from alfa_ad.export import export_detector, load_manifest  # noqa: E402
 
-from conftest import grey_texture, spot_image  # noqa: E402
+from conftest import grey_texture, perturbed_planted, spot_image  # noqa: E402
 
 TOL = 1e-4
 
@@ -31,12 +30,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def det():
     """The planted model's architecture with perturbed image-tower weights (seeded)."""
-    d = Detector(weights="planted", method="patchknn", device="cpu", cache_dir=None, tile="none", batch_size=4)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for _, p in d.backbone.clip.visual.named_parameters():
-            p.add_(0.05 * p.abs().mean() * torch.randn(p.shape, generator=gen))
-    return d
+    return perturbed_planted(method="patchknn")
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def main() -> None:
     musc.method.clear_pool()
     group = median_seconds(lambda: musc.predict([*pool, *uploads[:1]], "widget"), 1) / (len(pool) + 1)
     print(f"{'row':<52} {'s / image':>10} {'x WinCLIP':>10}")
-    for label, seconds in ((f"WinCLIP zero-shot, one upload", base),
+    for label, seconds in (("WinCLIP zero-shot, one upload", base),
                            (f"musc against the fixed pool of {len(pool)}, one upload", pooled),
                            (f"musc in a run's group of {len(pool) + 1} (per image)", group)):
         print(f"{label:<52} {seconds:>10.4f} {seconds / base:>10.2f}")
