@@ -17,8 +17,8 @@ as in the papers.
 on the same backbone object over the same whole images, into the same metrics and table;
 their latency is the wall time of ``predict`` per image (preprocessing, model, map at image
 size).  musc (``mutual``) scores each class as one batch (``alfa-ad run``'s groups), so its
-scores depend on the batch; patchknn (``needs_normals``) needs ``normals``, which ablate
-does not give: its row is left out with the reason.  The others run zero-shot, like the grid.
+scores depend on the batch; patchknn (``needs_normals``) is fitted on ``normals`` (``fit``:
+``alfa-ad run``'s coreset and seed), else left out with the reason.  The others run zero-shot.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from .scoring.windows import harmonic_mean
 from .scoring.zero_shot import image_score
 
 TEMPLATES, LLM, LEARNED = "template", "llm", "learned"
+FIT: Mapping[str, Any] = {"coreset": 4096, "seed": 0}  # alfa-ad run's defaults for the references
 
 
 @dataclass(frozen=True)
@@ -148,15 +149,15 @@ class _Timer:
 def run_ablation(detector: Detector, dataset: dict[str, list[Sample]], grid: Sequence[AblationConfig] = GRID,
                  class_names: dict[str, str] | None = None, on_progress: Callable[[str, int, int], None] | None = None,
                  on_error: Callable[[str], None] | None = None, methods: Sequence[str | MethodConfig] | str = (),
-                 normals: Mapping[str, Sequence[Any]] | None = None,
-                 on_skip: Callable[[str], None] | None = None) -> list[AblationRow]:
+                 normals: Mapping[str, Sequence[Any]] | None = None, on_skip: Callable[[str], None] | None = None,
+                 fit: Mapping[str, Any] = FIT) -> list[AblationRow]:
     """Score ``dataset`` under every applicable configuration of ``grid`` (ALFA, zero-shot), then
     one row per method of ``methods`` (:func:`method_configs`) on the same model, the ``needs_normals``
-    ones fitted on ``normals`` (class -> images); ``on_skip`` gets why a method row was left out.
-    ``on_progress(label, n, total)``: label is the class, ``"method: class"`` for a method row."""
+    ones fitted on ``normals`` (class -> images) with ``fit_normals(**fit)``; ``on_skip`` gets why a
+    method row was left out.  ``on_progress(label, n, total)``: label is the class, ``"method: class"``."""
     specs, names = method_configs(methods), class_names or {}  # unknown methods fail before any image is scored
     rows = _grid_rows(detector, dataset, grid, names, on_progress, on_error) if grid else []
-    return rows + _method_rows(detector, dataset, specs, names, normals or {}, on_progress, on_error, on_skip)
+    return rows + _method_rows(detector, dataset, specs, names, (normals or {}, fit), on_progress, on_error, on_skip)
 
 
 def _grid_rows(detector: Detector, dataset: dict[str, list[Sample]], grid: Sequence[AblationConfig],
@@ -328,17 +329,17 @@ def _described(det: Detector, spec: MethodConfig, shots: Sequence[int]) -> Metho
 
 
 def _method_rows(detector: Detector, dataset: dict[str, list[Sample]], specs: Sequence[MethodConfig],
-                 class_names: dict[str, str], normals: Mapping[str, Sequence[Any]], on_progress, on_error,
-                 on_skip) -> list[AblationRow]:
+                 class_names: dict[str, str], references: tuple[Mapping[str, Sequence[Any]], Mapping[str, Any]],
+                 on_progress, on_error, on_skip) -> list[AblationRow]:
     """One row per method: each class's images through that method's ``predict`` (module docstring)."""
     rows, timer = [], _Timer(detector.backbone.device)
     for spec in specs:
         det = _method_detector(detector, spec)
         row, shots, skipped = AblationRow(spec), [], {}
         for cls, samples in dataset.items():
-            label, reason = f"{spec.method}: {cls}", _prepare(det, cls, normals)
+            label, reason = f"{spec.method}: {cls}", _prepare(det, cls, *references)
             if reason is None:
-                shots.append(len(normals.get(cls, ())))
+                shots.append(len(references[0].get(cls, ())))
                 ev = _score_method(det, class_names.get(cls, cls), samples, row, timer, on_error,
                                    lambda n: on_progress and on_progress(label, n, len(samples)))
                 if ev.labels:
@@ -357,14 +358,14 @@ def _method_rows(detector: Detector, dataset: dict[str, list[Sample]], specs: Se
     return rows
 
 
-def _prepare(det: Detector, cls: str, normals: Mapping[str, Sequence[Any]]) -> str | None:
+def _prepare(det: Detector, cls: str, normals: Mapping[str, Sequence[Any]], fit: Mapping[str, Any]) -> str | None:
     """Fit a method that needs normal references on ``cls``'s; the reason it cannot run, or None."""
     if not trait(det.method, "needs_normals"):
         return None
     if not normals.get(cls):
         return "needs normal references (few-shot) and none were given: add --shots k (or --normals DIR)"
     try:
-        det.fit_normals(list(normals[cls]), max_leave_one_out=0)
+        det.fit_normals(list(normals[cls]), max_leave_one_out=0, **fit)
     except (ImageLoadError, ValueError) as exc:
         return f"normal references of {cls}: {exc}"
     return None

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alfa_ad.scoring.mutual import (aggregate_neighbourhood, interval_bounds, musc_layers, mutual_scores,
-                                    normalize_layer, rescore_images)
+                                    normalize_layer, rescore_images, rescore_with_pool)
 
 
 def test_layers_are_quarters_of_the_depth():
@@ -131,3 +131,28 @@ def test_pool_only_scores_each_image_by_the_pool_alone():
     assert torch.allclose(mutual_scores(images[:1], 0.0, 1.0, pool=pool, pool_only=True), torch.tensor([[2.0]]))
     with pytest.raises(ValueError, match="pool_only needs a pool"):
         mutual_scores(images, pool_only=True)
+
+
+def test_rescore_with_pool_reads_each_image_with_the_pool_only():
+    """k = 1: an image's most similar image (cosine, itself included) is itself, so its own
+    score stays; k = 2: the weighted mean with its nearest pool image.  Image 0 (embedding
+    e1) has pool image 0 (e1, score 0.2) at cosine 1: (1 * 0.8 + 1 * 0.2) / 2 = 0.5.  Image 1
+    (e2) is nearest pool image 1 (e2, score 0.6): (0.4 + 0.6) / 2 = 0.5.  The other image of
+    the batch never enters: the same result for each image alone."""
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    scores, embeddings = torch.tensor([0.8, 0.4]), torch.stack([e1, e2])
+    pool_scores, pool_embeddings = torch.tensor([0.2, 0.6]), torch.stack([e1, e2])
+    k1 = rescore_with_pool(scores, embeddings, pool_scores, pool_embeddings, ks=(1,))
+    assert torch.allclose(k1, scores)
+    k2 = rescore_with_pool(scores, embeddings, pool_scores, pool_embeddings, ks=(2,))
+    assert torch.allclose(k2, torch.tensor([0.5, 0.5]))
+    alone = [rescore_with_pool(scores[i:i + 1], embeddings[i:i + 1], pool_scores, pool_embeddings, ks=(2,))
+             for i in range(2)]
+    assert torch.allclose(torch.cat(alone), k2)
+    # two alike uploads (cosine 0.98): re-scored together with the pool (the wrong variant),
+    # image 0's third neighbour is the other upload (0.9), not pool image 1 (cosine 0)
+    twin = torch.nn.functional.normalize(torch.tensor([0.98, 0.2]), dim=0)
+    alike, alike_scores = torch.stack([e1, twin]), torch.tensor([0.8, 0.9])
+    right = rescore_with_pool(alike_scores, alike, pool_scores, pool_embeddings, ks=(3,))
+    wrong = rescore_images(torch.cat([alike_scores, pool_scores]), torch.cat([alike, pool_embeddings]), ks=(3,))[:2]
+    assert abs(float(right[0]) - 0.5) < 1e-6 and float(wrong[0]) > 0.6

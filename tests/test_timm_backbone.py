@@ -69,15 +69,19 @@ def test_tokens_equal_timms_own_forward(which, request):
     torch.testing.assert_close(feats.caps[0][:, 1:], inter, atol=1e-5, rtol=1e-5)
 
 
-def test_keeping_the_register_tokens_would_misplace_the_patches(registers):
-    """The broken variant: patches read as ``[:, 1:]`` of the raw sequence (registers kept)
-    are not timm's patches."""
+def test_keeping_the_register_tokens_would_misplace_the_patches(registers, monkeypatch):
+    """The broken variant: the backbone returns the raw sequence (registers kept), so what
+    the methods read as patches starts with the four registers and is not timm's patches."""
+    from alfa_ad.model.timm_vit import TimmVitBackbone
+
     x = _pixels()
     with torch.no_grad():
         ref = registers.vit.forward_features(x)[:, registers.prefix:]
-        raw = registers.vit.norm(registers.vit.blocks(registers.vit.norm_pre(registers.tokens(x))))
-    wrong = raw[:, 1 : 1 + ref.shape[1]]
-    assert (wrong - ref).abs().max() > 1e-2
+    right = registers.patch_tokens(encode(registers, x).last)
+    monkeypatch.setattr(TimmVitBackbone, "_public", lambda self, t: t)
+    wrong = registers.patch_tokens(encode(registers, x).last)
+    assert right.shape == ref.shape and (right - ref).abs().max() <= 1e-5
+    assert wrong.shape[1] == ref.shape[1] + 4 and (wrong[:, : ref.shape[1]] - ref).abs().max() > 1e-2
 
 
 def test_a_dinov2_layout_checkpoint_loads_resampled_and_is_recorded(tmp_path, plain):
@@ -92,6 +96,25 @@ def test_a_dinov2_layout_checkpoint_loads_resampled_and_is_recorded(tmp_path, pl
     assert bb.weights.source == "checkpoint" and bb.weights.sha256 and bb.vit.pos_embed.shape[1] == 1 + 16
     torch.testing.assert_close(bb.vit.blocks[3].attn.qkv.weight, state["blocks.3.attn.qkv.weight"])
     assert not torch.equal(bb.vit.blocks[3].attn.qkv.weight, plain.vit.blocks[3].attn.qkv.weight)
+
+
+def test_a_dinov2_checkpoint_with_registers_converts(tmp_path, registers):
+    """DINOv2's register layout (``register_tokens``, a class position inside ``pos_embed``,
+    ``mask_token``) into timm's reg4 model: registers, class token and blocks are the file's."""
+    big = load_backbone("timm:vit_small_patch14_reg4_dinov2@518", weights="random", seed=7, device="cpu")
+    timm_state = big.vit.state_dict()
+    width = timm_state["cls_token"].shape[-1]
+    state = {k: v.clone() for k, v in timm_state.items() if k != "reg_token"}
+    state["register_tokens"] = timm_state["reg_token"].clone()
+    state["pos_embed"] = torch.cat([torch.zeros(1, 1, width), timm_state["pos_embed"]], dim=1)
+    state["mask_token"] = torch.zeros(1, width)
+    path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
+    torch.save(state, path)
+    bb = load_backbone(REGISTERS, checkpoint=path, device="cpu")
+    torch.testing.assert_close(bb.vit.reg_token, timm_state["reg_token"])
+    torch.testing.assert_close(bb.vit.cls_token, timm_state["cls_token"])
+    torch.testing.assert_close(bb.vit.blocks[2].mlp.fc1.weight, timm_state["blocks.2.mlp.fc1.weight"])
+    assert not torch.equal(bb.vit.reg_token, registers.vit.reg_token) and bb.vit.pos_embed.shape[1] == 16
 
 
 def test_weights_are_a_local_file_or_random_else_one_line_errors(tmp_path):

@@ -13,6 +13,7 @@ from .._version import __version__
 from ..io.datasets import discover
 from ..io.images import InputError
 from ..model.names import DEFAULT_PRETRAINED
+from ..registry import METHODS
 from .common import print_table, WEIGHTS_HELP, app, console, fail, say
 from .run_support import build_detector, check_device, check_out, name_map
 
@@ -41,6 +42,7 @@ def ablate(
                               "--normals (default: all with --normals, else 0); the grid stays zero-shot."),
     normals: Optional[Path] = typer.Option(None, "--normals", help="Folder of normal references (or DIR/<class>) "
                                            "for --shots, instead of the data's train split."),
+    coreset: int = typer.Option(4096, "--coreset", min=1, help="Most memory-bank features per layer of those rows."),
 ) -> None:
     """Run ALFA's ablation grid (prompt sources, contextual scoring, aligner, scales, text
     projection) zero-shot over --data, sharing each image's forward pass across configurations;
@@ -62,6 +64,10 @@ def ablate(
         fail(str(exc))
     if not any(s.label is not None for v in dataset.values() for s in v):
         fail(f"{data}: no labelled test images (an ablation needs good and defective images to compare)")
+    if (shots is not None or normals is not None) and not any(METHODS.declares(m.method, "needs_normals")
+                                                               for m in specs):
+        fail("--shots/--normals fit the method rows that need normal references (--methods patchknn); "
+             "the grid is zero-shot")
     references = _references(dataset, data, shots, normals, seed) if specs else {}
     libs = name_map(prompt_class, list(dataset), "--prompt-class")
     detector = build_detector("alfa", model, pretrained, checkpoint, weights, seed, device, "2,3", cache_dir, 1,
@@ -72,7 +78,7 @@ def ablate(
         console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
     say(f"alfa-ad {__version__} ablate: {sum(map(len, dataset.values()))} images, {len(dataset)} classes, "
         f"{detector.weights_label}")
-    rows = _score_with_progress(detector, dataset, specs, references)
+    rows = _score_with_progress(detector, dataset, specs, references, {"coreset": coreset, "seed": seed})
     header = {"alfa-ad": __version__, "data": str(data), "classes": ", ".join(dataset), "weights": detector.weights_label,
               "model": detector.backbone.weights.model_name, "device": str(detector.backbone.device),
               "torch threads": __import__("torch").get_num_threads()}
@@ -114,7 +120,7 @@ def _references(dataset: dict, data: Path, shots: Optional[str], normals: Option
     return out
 
 
-def _score_with_progress(detector, dataset: dict, specs: list, references: dict) -> list:
+def _score_with_progress(detector, dataset: dict, specs: list, references: dict, fit: dict) -> list:
     """:func:`~alfa_ad.ablation.run_ablation` under a progress bar (the grid, then each method
     row's pass); unreadable images and method rows left out are printed as skipped."""
     from ..ablation import run_ablation
@@ -134,6 +140,6 @@ def _score_with_progress(detector, dataset: dict, specs: list, references: dict)
 
         try:
             return run_ablation(detector, dataset, on_progress=on_progress, on_error=on_error, methods=specs,
-                                normals=references, on_skip=on_error)
+                                normals=references, on_skip=on_error, fit=fit)
         except ValueError as exc:
             fail(str(exc))

@@ -72,12 +72,10 @@ def _check_alfa(detector) -> None:
 
 
 def _check_patchknn(detector) -> None:
-    method, bb = detector.method, detector.backbone
+    method = detector.method
     if method.scorer.name != "bank" or method.masking != "off":
         raise ValueError("patchknn exports with the bank scorer and masking off (pca masking needs an SVD, "
                          f"which ONNX lacks); got few_shot_scorer {method.scorer.name}, masking {method.masking}")
-    if bb.device.type != "cpu" or bb.dtype != torch.float32:
-        raise ValueError("export patchknn from a CPU fp32 detector (device cpu, no half precision)")
 
 
 def _alfa(detector) -> ExportSpec:
@@ -95,7 +93,10 @@ def _alfa(detector) -> ExportSpec:
 
 
 def _patchknn(detector) -> ExportSpec:
-    method = detector.method
+    method, bb = detector.method, detector.backbone
+    if bb.device.type != "cpu" or bb.dtype != torch.float32:  # writing only: any detector runs an export
+        raise ValueError("write a patchknn export from a CPU fp32 detector (alfa-ad export --method patchknn), "
+                         "then run it with --exported DIR")
     gen = torch.Generator().manual_seed(0)
     h, w = detector.backbone.image_size
     with torch.no_grad():

@@ -213,7 +213,12 @@ class MuscMethod(PromptFree):
 
     def draw_pool(self, images: Sequence[Any], seed: int = 0) -> list[Any]:
         """The pool :func:`choose_pool` draws from ``images``: at most :attr:`pool_cap`."""
+        self._check_pool_cap()
         return choose_pool(images, self.pool_cap, seed)
+
+    def _check_pool_cap(self) -> None:
+        if self.pool_cap < 2:
+            raise ValueError(f"a musc pool holds group - 1 images, at least 2: use group 3 or more, got {self.group_size}")
 
     @torch.inference_mode()
     def set_pool(self, batches: Iterable[torch.Tensor], source: str = "") -> MuscPool:
@@ -228,6 +233,7 @@ class MuscMethod(PromptFree):
                 kept.append(t)
             embedded.append(g)
         n = sum(int(g.shape[0]) for g in embedded)
+        self._check_pool_cap()
         if not 2 <= n <= self.pool_cap:
             raise ValueError(f"a musc pool holds 2 to {self.pool_cap} images (group - 1), got {n}")
         self.pool = None

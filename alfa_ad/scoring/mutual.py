@@ -59,6 +59,9 @@ def aggregate_neighbourhood(tokens: torch.Tensor, grid: tuple[int, int], degree:
     return F.normalize(x, dim=-1)
 
 
+DISTANCE_BUDGET = 256 * 2**20  # bytes of float32 patch distances held at once by mutual_scores
+
+
 def interval_bounds(others: int, low: float, high: float) -> tuple[int, int]:
     """Which of ``others`` ascending distances the interval average keeps: ``[lo, hi)``,
     ``hi = max(1, floor(high * others))``, ``lo = min(floor(low * others), hi - 1)``."""
@@ -69,7 +72,7 @@ def interval_bounds(others: int, low: float, high: float) -> tuple[int, int]:
 
 
 def mutual_scores(features: torch.Tensor, low: float = 0.0, high: float = 0.3,
-                  pool: torch.Tensor | None = None, chunk: int = 16, pool_only: bool = False) -> torch.Tensor:
+                  pool: torch.Tensor | None = None, chunk: int | None = None, pool_only: bool = False) -> torch.Tensor:
     """MSM: ``(N, P, C)`` unit features of N images scored by each other -> ``(N, P)``.
 
     For patch ``p`` of image ``i`` and every image ``j != i``: ``d_j = min_q |z_ip - z_jq|``
@@ -78,7 +81,9 @@ def mutual_scores(features: torch.Tensor, low: float = 0.0, high: float = 0.3,
     are not scored (e.g. normal references), with as many patches as the images;
     ``pool_only``: the pool alone scores (the images do not score each other: a service's
     uploads against a fixed pool).  ``chunk`` images are scored at a time, so the distances
-    held are ``chunk x P x (N + R) x P``, not ``N x P x (N + R) x P``.
+    held are ``chunk x P x (N + R) x P``, not ``N x P x (N + R) x P``; by default as many as
+    keep that under :data:`DISTANCE_BUDGET` bytes (at least one: 16 for a 15 x 15 grid and 64
+    images, 1 for DINOv2's 32 x 32 at 448 px).
     """
     n, p, c = features.shape
     if pool_only and pool is None:
@@ -89,6 +94,8 @@ def mutual_scores(features: torch.Tensor, low: float = 0.0, high: float = 0.3,
         raise ValueError("mutual scoring needs at least 2 images scored together")
     lo, hi = interval_bounds(others, low, high)
     flat = scorers.reshape(-1, c)
+    if chunk is None:
+        chunk = max(1, min(16, DISTANCE_BUDGET // (4 * p * flat.shape[0])))
     out = torch.empty(n, p, dtype=torch.float32, device=features.device)
     for start in range(0, n, chunk):
         q = features[start:start + chunk].float()  # (b, P, C)
