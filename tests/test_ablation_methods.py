@@ -185,6 +185,9 @@ def test_ablate_fits_patchknn_on_shots_like_run(demo_root, tmp_path):
     short = invoke("ablate", "--data", demo_root, "--weights", "planted", "--out", tmp_path / "o2", "--methods",
                    "patchknn", "--shots", "4", "--normals", refs)
     assert short.exit_code == 2 and "has 3 normal images" in short.output and "--shots 4" in short.output
+    unused = invoke("ablate", "--data", demo_root, "--weights", "planted", "--out", tmp_path / "o3", "--methods",
+                    "winclip", "--shots", "2")
+    assert unused.exit_code == 2 and "--shots/--normals fit the method rows that need normal references" in unused.output
 
 
 def test_ablate_unknown_method_is_a_one_line_error(demo_root, tmp_path):

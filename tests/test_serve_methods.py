@@ -91,6 +91,8 @@ def test_a_pool_is_capped_drawn_with_a_seed_and_refused_for_other_methods(plante
     assert all(any(c is p for p in pool_images) for c in chosen)
     with pytest.raises(ValueError, match="^a musc pool holds 2 to 3 images"):
         det.fit_pool(pool_images[:1])
+    with pytest.raises(ValueError, match="^a musc pool holds group - 1 images, at least 2: use group 3 or more"):
+        Detector(planted_backbone, method="musc", group=2, cache_dir=None).fit_pool(pool_images)
     with pytest.raises(ValueError, match="^method alfa takes no pool"):
         Detector(planted_backbone, cache_dir=None).fit_pool(pool_images)
 
