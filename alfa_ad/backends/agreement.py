@@ -10,6 +10,8 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from ..registry import trait
+
 CHECK_IMAGES = 8  # images an export is checked on when none are given
 
 
@@ -66,8 +68,6 @@ def measure_agreement(detector, backend, images: Sequence[Any], checked_on: str,
     """Scores and maps of ``backend`` vs ``detector.method`` on ``images`` (one batch).  A
     method exported with its memory bank as an input (patchknn) and not fitted yet is fitted
     on the first half of ``images`` and compared on the rest."""
-    from ..registry import trait
-
     images = list(images)
     if trait(detector.method, "bank_input") and detector.method.export_bank() is None:
         half = len(images) // 2

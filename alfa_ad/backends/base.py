@@ -48,6 +48,7 @@ class ExportedBackend:
                cache_dir: Path | None = None) -> "ExportedBackend":
         """For ``detector``: ``exported`` (checked against the detector's options), else the
         export in the cache (written on first use)."""
+        from ..export.graphs import identity
         from ..export.writer import cached_export, check_exportable
         from ..io.paths import default_cache_dir
 
@@ -56,7 +57,7 @@ class ExportedBackend:
             exported = cached_export(detector, Path(cache_dir) if cache_dir else default_cache_dir(), cls.format,
                                      precision)
         backend = cls(exported)
-        backend.manifest.check(detector)
+        backend.manifest.check(identity(detector))
         backend.method = detector.method
         return backend
 

@@ -41,7 +41,7 @@ def export(
     """Export a method's per-image model: ALFA's image encoder + scoring head (prompt embeddings are
     inputs), or patchknn's image encoder + nearest-bank-patch scoring (the memory bank is an input)."""
     from ..export import EXPORT_FORMATS, PRECISIONS, export_detector
-    from ..export.graphs import GRAPH_IO
+    from ..export.graphs import GRAPHS
 
     if fmt not in EXPORT_FORMATS:
         fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
@@ -51,8 +51,8 @@ def export(
         fail(f"{out}: --out must be a folder, and a file has that name")
     if check_images < 0:
         fail("--check-images must be 0 or more")
-    if method not in GRAPH_IO:
-        fail(f"--method {method} cannot be exported; exportable: {', '.join(GRAPH_IO)} (musc's images score each "
+    if method not in GRAPHS:
+        fail(f"--method {method} cannot be exported; exportable: {', '.join(GRAPHS)} (musc's images score each "
              "other: there is no per-image graph)")
     if method != "alfa" and (classes or scales or prompts or llm):
         fail(f"--method {method} reads no prompt and no window: --classes, --scales, --prompts and --llm do not apply")

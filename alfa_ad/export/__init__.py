@@ -13,5 +13,6 @@ method, aligner, scales, options, input size and normalisation), how it was writ
 Backends that run it are in :mod:`alfa_ad.backends` (``alfa-ad run --backend``).
 """
 
-from .manifest import MANIFEST, Manifest, identity, load_manifest  # noqa: F401
+from .graphs import identity  # noqa: F401
+from .manifest import MANIFEST, Manifest, load_manifest  # noqa: F401
 from .writer import EXPORT_FORMATS, PRECISIONS, cached_export, export_detector  # noqa: F401

@@ -1,5 +1,6 @@
-"""What each exportable method's graph is: the torch module traced, its example inputs,
-input and output names, dynamic axes, and the options that identify it.
+"""What each exportable method's graph is (:data:`GRAPHS`, one :class:`Exportable` per
+method): what it refuses, the torch module traced with its example inputs and dynamic
+axes, its input and output names, and the options that identify it (:func:`identity`).
 
 * ``alfa`` (zero-shot): the image encoder and :class:`~alfa_ad.methods.alfa_head.AlfaHead`;
   inputs ``pixels (B, 3, H, W)``, the class's unit prompt embeddings ``normal (N+, D)``
@@ -26,8 +27,6 @@ from .manifest import BANK_INPUTS, BANK_OUTPUTS, INPUTS, OUTPUTS
 class ExportSpec(NamedTuple):
     module: nn.Module
     example: tuple[torch.Tensor, ...]
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
 
 
@@ -89,7 +88,7 @@ def _alfa(detector) -> ExportSpec:
     axes = {"pixels": {0: "batch"}, "normal": {0: "n_normal"}, "abnormal": {0: "n_abnormal"},
             **{o: {0: "batch"} for o in OUTPUTS},
             "keep_normal": {0: "batch", 1: "n_normal"}, "keep_abnormal": {0: "batch", 1: "n_abnormal"}}
-    return ExportSpec(AlfaGraph(detector.method.head).eval(), example, INPUTS, OUTPUTS, axes)
+    return ExportSpec(AlfaGraph(detector.method.head).eval(), example, axes)
 
 
 def _patchknn(detector) -> ExportSpec:
@@ -104,27 +103,72 @@ def _patchknn(detector) -> ExportSpec:
     example = (torch.randn(2, 3, h, w, generator=gen),
                nn.functional.normalize(torch.randn(11, width, generator=gen), dim=-1))
     axes = {"pixels": {0: "batch"}, "bank": {0: "bank_rows"}, **{o: {0: "batch"} for o in BANK_OUTPUTS}}
-    return ExportSpec(PatchKnnGraph(method).eval(), example, BANK_INPUTS, BANK_OUTPUTS, axes)
+    return ExportSpec(PatchKnnGraph(method).eval(), example, axes)
 
 
-GRAPHS: dict[str, tuple[Callable[[Any], None], Callable[[Any], ExportSpec]]] = {
-    "alfa": (_check_alfa, _alfa), "patchknn": (_check_patchknn, _patchknn)}
+def _alfa_options(detector) -> dict[str, Any]:
+    head = detector.method.head
+    return {"aligner": detector.config.aligner, "scales": list(head.scales),
+            "options": {"temperature": head.temperature, "k": head.k, "sigma": head.blur.sigma,
+                        "contextual": head.contextual, "use_text": head.use_text,
+                        "global_in_map": head.global_in_map, "text_projection": head.aligner.text_projection}}
 
 
-GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "alfa": (INPUTS, OUTPUTS), "patchknn": (BANK_INPUTS, BANK_OUTPUTS)}  # input and output names per method
+def _patchknn_options(detector) -> dict[str, Any]:
+    m = detector.method
+    return {"aligner": None, "scales": [],
+            "options": {"layer": m.layer, "top_percent": m.top_percent, "sigma": m.blur.sigma,
+                        "masking": m.masking, "few_shot_scorer": m.scorer.name}}
+
+
+class Exportable(NamedTuple):
+    """An exportable method: ``check`` (ValueError, one line, for options it cannot export),
+    ``spec`` (the graph to trace), ``options`` (its part of :func:`identity`), and the
+    graph's input and output names (the manifest records them; backends feed by them)."""
+
+    check: Callable[[Any], None]
+    spec: Callable[[Any], ExportSpec]
+    options: Callable[[Any], dict[str, Any]]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+GRAPHS: dict[str, Exportable] = {
+    "alfa": Exportable(_check_alfa, _alfa, _alfa_options, INPUTS, OUTPUTS),
+    "patchknn": Exportable(_check_patchknn, _patchknn, _patchknn_options, BANK_INPUTS, BANK_OUTPUTS),
+}
+
+
+def exportable(method: str) -> Exportable:
+    """The entry of ``method``; ValueError (one line) for a method with no per-image graph."""
+    if method not in GRAPHS:
+        raise ValueError(f"--method {method} cannot be exported; exportable: {', '.join(GRAPHS)} (musc's images "
+                         "score each other, so it has no per-image graph)")
+    return GRAPHS[method]
 
 
 def check_exportable(detector) -> None:
     """ValueError (one line) when ``detector``'s method or options cannot be exported."""
-    method = detector.config.method
-    if method not in GRAPHS:
-        raise ValueError(f"--method {method} cannot be exported; exportable: {', '.join(GRAPHS)} (musc's images "
-                         "score each other, so it has no per-image graph)")
-    GRAPHS[method][0](detector)
+    exportable(detector.config.method).check(detector)
 
 
 def export_spec(detector) -> ExportSpec:
     """The graph of ``detector``'s method, with example inputs for tracing."""
     check_exportable(detector)
-    return GRAPHS[detector.config.method][1](detector)
+    return GRAPHS[detector.config.method].spec(detector)
+
+
+def identity(detector) -> dict[str, Any]:
+    """What an exported graph computes, from a detector: equal dicts, same graph."""
+    bb = detector.backbone
+    return {
+        "model": bb.weights.model_name,
+        "weights": {"source": bb.weights.source, "detail": bb.weights.detail,
+                    "visual": bb.visual_fingerprint, "text": bb.fingerprint},
+        "method": detector.config.method,
+        **exportable(detector.config.method).options(detector),
+        "input_size": list(bb.image_size),
+        "mean": list(bb.mean),
+        "std": list(bb.std),
+        "embed_dim": bb.embed_dim,
+    }

@@ -1,5 +1,6 @@
 """The manifest of an exported model: what it computes, how it was written, and the
-check that a detector's options are the ones an exported file computes."""
+check that a detector's options (its :func:`~alfa_ad.export.graphs.identity`) are the ones
+an exported file computes."""
 
 from __future__ import annotations
 
@@ -14,36 +15,6 @@ INPUTS = ("pixels", "normal", "abnormal")
 OUTPUTS = ("scores", "global_scores", "maps", "keep_normal", "keep_abnormal", "embeddings")
 BANK_INPUTS = ("pixels", "bank")  # patchknn: the memory bank is an input
 BANK_OUTPUTS = ("scores", "maps", "embeddings")
-
-
-def identity(detector) -> dict[str, Any]:
-    """What an exported graph computes, from a detector: equal dicts, same graph."""
-    bb = detector.backbone
-    return {
-        "model": bb.weights.model_name,
-        "weights": {"source": bb.weights.source, "detail": bb.weights.detail,
-                    "visual": bb.visual_fingerprint, "text": bb.fingerprint},
-        "method": detector.config.method,
-        **method_identity(detector),
-        "input_size": list(bb.image_size),
-        "mean": list(bb.mean),
-        "std": list(bb.std),
-        "embed_dim": bb.embed_dim,
-    }
-
-
-def method_identity(detector) -> dict[str, Any]:
-    """The method's options that change the graph (aligner, scales, options)."""
-    method = detector.method
-    if detector.config.method == "patchknn":
-        return {"aligner": None, "scales": [],
-                "options": {"layer": method.layer, "top_percent": method.top_percent, "sigma": method.blur.sigma,
-                            "masking": method.masking, "few_shot_scorer": method.scorer.name}}
-    head = method.head
-    return {"aligner": detector.config.aligner, "scales": list(head.scales),
-            "options": {"temperature": head.temperature, "k": head.k, "sigma": head.blur.sigma,
-                        "contextual": head.contextual, "use_text": head.use_text,
-                        "global_in_map": head.global_in_map, "text_projection": head.aligner.text_projection}}
 
 
 @dataclass
@@ -66,9 +37,9 @@ class Manifest:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
         return path
 
-    def check(self, detector) -> None:
-        """``ValueError`` naming the first option in which ``detector`` differs from the export."""
-        mine = identity(detector)
+    def check(self, mine: dict[str, Any]) -> None:
+        """``ValueError`` naming the first option in which a detector's identity ``mine``
+        (:func:`~alfa_ad.export.graphs.identity`) differs from the export's."""
         for key, value in mine.items():
             theirs = self.identity.get(key)
             if json.loads(json.dumps(value)) != theirs:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..registry import trait
-from .graphs import GRAPH_IO, check_exportable, export_spec
-from .manifest import MANIFEST, Manifest, identity, load_manifest
+from .graphs import GRAPHS, check_exportable, export_spec, identity
+from .manifest import MANIFEST, Manifest, load_manifest
 
 EXPORT_FORMATS = ("onnx", "openvino")
 PRECISIONS = ("fp32", "int8")
@@ -62,8 +62,9 @@ def write_onnx(detector, path: Path, opset: int = OPSET) -> None:
         # symbolic; the plain path computes the same
         torch.backends.mha.set_fastpath_enabled(False)
         try:
+            names = GRAPHS[detector.config.method]
             torch.onnx.export(graph, spec.example, str(path), dynamo=False, opset_version=opset,
-                              input_names=list(spec.inputs), output_names=list(spec.outputs),
+                              input_names=list(names.inputs), output_names=list(names.outputs),
                               dynamic_axes=spec.dynamic_axes)
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -148,10 +149,10 @@ def export_detector(detector, out: Path, fmt: str = "onnx", precision: str = "fp
         else:
             file = "model.int8.xml" if precision == "int8" else "model.xml"
             write_openvino(onnx_path, out / file)
-    inputs, outputs = GRAPH_IO[detector.config.method]
+    entry = GRAPHS[detector.config.method]
     manifest = Manifest(format=fmt, precision=precision, file=file, identity=identity(detector), opset=opset,
                         versions=versions(), quantization=quant, classes=save_texts(detector, classes, out),
-                        inputs=inputs, outputs=outputs, weights_label=detector.weights_label)
+                        inputs=entry.inputs, outputs=entry.outputs, weights_label=detector.weights_label)
     manifest.write(out)
     return manifest
 

@@ -14,12 +14,12 @@ Local (per-window) embeddings are the aligners' job (:mod:`alfa_ad.aligners`).
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from PIL import Image
 
-from .preprocess import Box, crop, image_to_tensor, resize_to_model
+from .preprocess import Box, to_model_input
 from .weights import WeightsInfo
 
 
@@ -27,6 +27,16 @@ def auto_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """blake2b (16 bytes, hex) of each tensor's name, shape, dtype and float32 bytes, in order:
+    the identity of weights that came from no file (an image tower's fingerprint)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in named:
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().cpu().float().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class ClipBackbone:
@@ -71,12 +81,8 @@ class ClipBackbone:
         if self.weights.sha256:
             return f"file-sha256:{self.weights.sha256}"
         if self._visual_fingerprint is None:
-            h = hashlib.blake2b(digest_size=16)
-            for name, t in sorted(self.clip.state_dict().items()):
-                if name.startswith("visual."):
-                    h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-                    h.update(t.detach().cpu().float().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._visual_fingerprint = "blake2b:" + h.hexdigest()
+            visual = [(n, t) for n, t in sorted(self.clip.state_dict().items()) if n.startswith("visual.")]
+            self._visual_fingerprint = "blake2b:" + tensor_digest(visual)
         return self._visual_fingerprint
 
     # ------------------------------------------------------------------ text
@@ -122,9 +128,7 @@ class ClipBackbone:
         """Crop (``boxes``, default whole images), resize in torch (bicubic, antialiased,
         no centre crop) to the model size and normalise: ``(B, 3, H, W)`` on the model's
         device and dtype (:mod:`alfa_ad.model.preprocess`)."""
-        boxes = boxes if boxes is not None else [None] * len(images)
-        crops = [crop(image_to_tensor(im), box) for im, box in zip(images, boxes)]
-        return resize_to_model(crops, self.image_size, self.mean, self.std, self.device, self.dtype)
+        return to_model_input(images, boxes, self.image_size, self.mean, self.std, self.device, self.dtype)
 
     def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Class + patch tokens after positional embedding, before ``ln_pre``: ``(B, 1+P, W)``."""

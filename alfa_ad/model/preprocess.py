@@ -58,3 +58,14 @@ def crop(tensor: torch.Tensor, box: Box | None) -> torch.Tensor:
         return tensor
     top, left, bottom, right = box
     return tensor[:, top:bottom, left:right]
+
+
+def to_model_input(images: Sequence[Image.Image], boxes: Sequence[Box | None] | None, size: tuple[int, int],
+                   mean: Sequence[float], std: Sequence[float], device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Crop (``boxes``, default whole images), resize and normalise a batch:
+    ``(B, 3, H, W)`` on ``device`` in ``dtype`` (what every backbone's ``preprocess`` does)."""
+    boxes = boxes if boxes is not None else [None] * len(images)
+    crops = [crop(image_to_tensor(im), box) for im, box in zip(images, boxes)]
+    return resize_to_model(crops, size, mean, std, device, dtype)
+

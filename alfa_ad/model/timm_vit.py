@@ -22,7 +22,6 @@ prompts is refused with one line (:class:`~alfa_ad.detector.Detector`).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -30,9 +29,9 @@ import torch
 from PIL import Image
 
 from ..io.paths import default_cache_dir
-from .backbone import auto_device
+from .backbone import auto_device, tensor_digest
 from .names import TIMM_PREFIX
-from .preprocess import Box, crop, image_to_tensor, resize_to_model
+from .preprocess import Box, to_model_input
 from .state_dict import read_state_dict
 from .weights import WeightsInfo, WeightsUnavailableError, sha256_file
 
@@ -141,11 +140,7 @@ class TimmVitBackbone:
         if self.weights.sha256:
             return f"file-sha256:{self.weights.sha256}"
         if self._fingerprint is None:
-            h = hashlib.blake2b(digest_size=16)
-            for key, t in sorted(self.vit.state_dict().items()):
-                h.update(f"{key}{tuple(t.shape)}{t.dtype}".encode())
-                h.update(t.detach().cpu().float().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._fingerprint = "blake2b:" + h.hexdigest()
+            self._fingerprint = "blake2b:" + tensor_digest(sorted(self.vit.state_dict().items()))
         return self._fingerprint
 
     fingerprint = visual_fingerprint  # what caches key on; there is no text tower
@@ -168,9 +163,7 @@ class TimmVitBackbone:
 
     def preprocess(self, images: Sequence[Image.Image], boxes: Sequence[Box | None] | None = None) -> torch.Tensor:
         """As ClipBackbone's: crop, bicubic antialiased resize to the model size, normalise."""
-        boxes = boxes if boxes is not None else [None] * len(images)
-        crops = [crop(image_to_tensor(im), box) for im, box in zip(images, boxes)]
-        return resize_to_model(crops, self.image_size, self.mean, self.std, self.device, self.dtype)
+        return to_model_input(images, boxes, self.image_size, self.mean, self.std, self.device, self.dtype)
 
     def _public(self, x: torch.Tensor) -> torch.Tensor:
         """``[class, registers..., patches]`` -> ``[class, patches]``."""
