@@ -36,87 +36,16 @@ from .engines.local import call_size
 from .evaluation.resize import resize_for_evaluation
 from .io.datasets import Sample, ground_truth_mask
 from .io.images import ImageLoadError, load_image
-from .methods.alfa import DEFAULT_SCALES
+from .ablation_grid import FULL, GRID, AblationConfig, applicable  # noqa: F401  (FULL: re-exported)
 from .methods.alfa_head import AlfaHead
 from .outputs.tables import METRICS, mean_over
 from .registry import METHODS, trait
 from .runner import ClassEval
-from .scoring.placement import DEFAULT_PLACEMENT
 from .scoring.refine import RegionRefiner
 from .scoring.windows import harmonic_mean
 from .scoring.zero_shot import image_score
 
-TEMPLATES, LLM, LEARNED = "template", "llm", "learned"
 FIT: Mapping[str, Any] = {"coreset": 4096, "seed": 0}  # alfa-ad run's defaults for the references
-
-
-@dataclass(frozen=True)
-class AblationConfig:
-    """One row of the grid."""
-
-    name: str
-    sources: tuple[str, ...] = (TEMPLATES, LLM)
-    contextual: str = DEFAULT_PLACEMENT  # where eq. (4) applies (scoring/placement.py)
-    aligner: str = "masked"
-    scales: tuple[int, ...] = DEFAULT_SCALES
-    text_projection: str = "none"
-    global_in_map: bool = True  # the image-level score as one more term of the map's harmonic mean
-    refine: bool = False  # anomaly region refinement with the default blocks (scoring/refine.py)
-
-    def describe(self) -> dict[str, str]:
-        return {"configuration": self.name, "prompt sources": " + ".join(self.sources),
-                "S_c": self.contextual, "aligner": self.aligner, "global in map": "yes" if self.global_in_map else "no",
-                "scales": ",".join(map(str, self.scales)), "text projection": self.text_projection,
-                "refine": "yes" if self.refine else "no"}
-
-
-FULL = AblationConfig("alfa-ad default", (TEMPLATES,))
-PAPER = AblationConfig("paper preset (S_c everywhere, scales 2,3, rank-1, no image score in the map; "
-                       "the run's sigma)",
-                       (TEMPLATES, LLM), "all", "masked", (2, 3), "rank1", False)
-
-# The grid: Table 2 (prompt sources x contextual scoring x aligner on/off, S_c as the paper
-# places it: "all"), the default and one change at a time from it (eq. 4 placement, LLM
-# prompts, aligners, scales, text projection, the image score in the map), the paper
-# preset, and learned prompts when a class has them.
-GRID: tuple[AblationConfig, ...] = (
-    AblationConfig("templates", (TEMPLATES,), "off", "none"),
-    AblationConfig("templates + S_c", (TEMPLATES,), "all", "none"),
-    AblationConfig("templates + LLM", (TEMPLATES, LLM), "off", "none"),
-    AblationConfig("templates + LLM + S_c", (TEMPLATES, LLM), "all", "none"),
-    AblationConfig("templates + aligner", (TEMPLATES,), "off", "masked", (2, 3), global_in_map=False),
-    AblationConfig("templates + S_c + aligner", (TEMPLATES,), "all", "masked", (2, 3), global_in_map=False),
-    AblationConfig("templates + LLM + aligner", (TEMPLATES, LLM), "off", "masked", (2, 3), global_in_map=False),
-    AblationConfig("templates + LLM + S_c + aligner", (TEMPLATES, LLM), "all", "masked", (2, 3),
-                   global_in_map=False),
-    FULL,
-    AblationConfig("default, S_c global", (TEMPLATES,), "global"),
-    AblationConfig("default, S_c soft", (TEMPLATES,), "soft"),
-    AblationConfig("default, S_c all", (TEMPLATES,), "all"),
-    AblationConfig("default + LLM prompts", (TEMPLATES, LLM)),
-    AblationConfig("default, value aligner", (TEMPLATES,), aligner="value"),
-    AblationConfig("default, dense aligner", (TEMPLATES,), aligner="dense"),
-    AblationConfig("default, scales 2,3", (TEMPLATES,), scales=(2, 3)),
-    AblationConfig("default, scales 2", (TEMPLATES,), scales=(2,)),
-    AblationConfig("default, rank-1 text projection", (TEMPLATES,), text_projection="rank1"),
-    AblationConfig("default, image score not in the map", (TEMPLATES,), global_in_map=False),
-    PAPER,
-    AblationConfig("default + learned prompts", (TEMPLATES, LEARNED)),
-    AblationConfig("default + refinement", (TEMPLATES,), refine=True),
-)
-
-
-def applicable(grid: Sequence[AblationConfig], available: set[str]) -> list[AblationConfig]:
-    """The grid with each configuration's prompt sources cut to those the data has; a
-    configuration that then repeats an earlier one (or has no source left) is dropped."""
-    out, seen = [], set()
-    for cfg in grid:
-        sources = tuple(s for s in cfg.sources if s in available)
-        key = (sources, cfg.contextual, cfg.aligner, cfg.scales, cfg.text_projection, cfg.global_in_map, cfg.refine)
-        if sources and key not in seen:
-            seen.add(key)
-            out.append(replace(cfg, sources=sources))
-    return out
 
 
 @dataclass
@@ -173,9 +102,9 @@ def _grid_rows(detector: Detector, dataset: dict[str, list[Sample]], grid: Seque
     if not configs:
         raise ValueError(f"no configuration of the grid applies (prompt sources here: {', '.join(sorted(available))})")
     base = detector.method.head
-    scales = sorted({s for c in configs for s in c.scales})
-    heads = {name: AlfaHead(build_aligner(name, bb), bb.grid, bb.image_size, scales, base.temperature, base.k,
-                            base.blur.sigma).to(bb.device)
+    windows = sorted({w for c in configs for w in c.windows})  # (scale, stride) pairs
+    heads = {name: AlfaHead(build_aligner(name, bb), bb.grid, bb.image_size, [s for s, _ in windows], base.temperature,
+                            base.k, base.blur.sigma, strides=[t for _, t in windows]).to(bb.device)
              for name in dict.fromkeys(c.aligner for c in configs)}
     refiner = RegionRefiner(bb) if any(c.refine for c in configs) else None
     rows = [AblationRow(c) for c in configs]
@@ -203,18 +132,18 @@ def _grid_rows(detector: Detector, dataset: dict[str, list[Sample]], grid: Seque
                 for al, head in heads.items():
                     state, t_prep = timer(lambda: head.aligner.prepare(feats))
                     t_local[al] = {"prepare": t_prep}
-                    for s_, (windows, _) in zip(scales, head.geometry()):
-                        locals_[al, s_], t_local[al][s_] = timer(lambda: head.aligner(feats, state, windows))
+                    for w, (index, _) in zip(windows, head.geometry()):
+                        locals_[al, w], t_local[al][w] = timer(lambda: head.aligner(feats, state, index))
                 affinities, t_refine = timer(lambda: refiner.affinities(pixels)) if refiner else (None, 0.0)
                 for row, ev, c in zip(rows, evals, configs):
                     if text[c.sources] is None:
                         continue
                     head = heads[c.aligner]
-                    (score, amap), t_score = timer(lambda: _score(head, feats, locals_, c, text[c.sources], scales))
+                    (score, amap), t_score = timer(lambda: _score(head, feats, locals_, c, text[c.sources], windows))
                     if c.refine:
                         amap, t_apply = timer(lambda: refiner.apply(amap[None], affinities).maps[0])
                         t_score += t_apply + t_refine
-                    row.seconds += t_fwd + t_local[c.aligner]["prepare"] + sum(t_local[c.aligner][x] for x in c.scales)
+                    row.seconds += t_fwd + t_local[c.aligner]["prepare"] + sum(t_local[c.aligner][w] for w in c.windows)
                     row.seconds += t_score
                     row.images += 1
                     _collect(ev, s, score, amap, truth, im.size)
@@ -226,11 +155,11 @@ def _grid_rows(detector: Detector, dataset: dict[str, list[Sample]], grid: Seque
     return rows
 
 
-def _score(head: AlfaHead, feats, locals_, c: AblationConfig, text, scales) -> tuple[float, torch.Tensor]:
+def _score(head: AlfaHead, feats, locals_, c: AblationConfig, text, windows) -> tuple[float, torch.Tensor]:
     ad = head.adapt(feats.g, *text, contextual=c.contextual)
-    geometry = dict(zip(scales, head.geometry()))
-    maps = [head.window_map(feats.g, locals_[c.aligner, s], ad.local_classes, geometry[s][1], c.text_projection)
-            for s in c.scales]
+    geometry = dict(zip(windows, head.geometry()))
+    maps = [head.window_map(feats.g, locals_[c.aligner, w], ad.local_classes, geometry[w][1], c.text_projection)
+            for w in c.windows]
     if c.global_in_map:
         maps.append(ad.global_scores.view(-1, 1, 1).expand_as(maps[0]))
     patch_map = harmonic_mean(torch.stack(maps), dim=0)
@@ -323,7 +252,8 @@ def _described(det: Detector, spec: MethodConfig, shots: Sequence[int]) -> Metho
     mode += [f"{o} {_value(v)}" for o, v in spec.options if o not in {"scales", "aligner", *KEY_OPTIONS}]
     sources = "none (reads no prompt)" if trait(m, "text_free") else " + ".join(det.config.prompt_sources)
     columns = {"prompt sources": sources, "S_c": m.contextual, "aligner": getattr(aligner, "name", "-"),
-               "scales": _value(m.scales) or "-", "text projection": getattr(aligner, "text_projection", "-"),
+               "scales": _value(m.scales) or "-", "window strides": _value(m.window_strides) or "-",
+               "text projection": getattr(aligner, "text_projection", "-"),
                "global in map": "-", "refine": _value(bool(det.config.refine))}
     return replace(spec, name=f"method {m.name} ({'; '.join(mode)})", columns=tuple(columns.items()))
 

@@ -66,6 +66,9 @@ class DetectorConfig:
     seed: int = 0
     device: str | None = None
     scales: tuple[int, ...] | None = None  # window sizes in patches; None: the method's default
+    # windows every stride patches, one per scale (or one for all); None: the method's default
+    # with its default scales, stride 1 with given ones (a built detector records them)
+    window_strides: tuple[int, ...] | None = None
     tile: str = "auto"
     prompts: str | None = None
     llm_prompts: bool = False  # ALFA: add the LLM prompt libraries (a ``prompts`` file implies it)
@@ -96,8 +99,14 @@ class DetectorConfig:
             _choice(name, getattr(self, name), registry.names(), registry.check)
         if self.fusion not in ("normalized", "raw"):
             raise ConfigFieldError("fusion", f"must be normalized or raw, got {self.fusion!r}")
-        if self.scales is not None:
-            self.scales = tuple(int(s) for s in self.scales)
+        for name in ("scales", "window_strides"):
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(int(s) for s in getattr(self, name)))
+        if self.window_strides and (min(self.window_strides) < 1 or (
+                self.scales is not None and len(self.window_strides) not in (1, len(self.scales)))):
+            raise ConfigFieldError("window_strides", f"{','.join(map(str, self.window_strides))}: give one stride "
+                                   ">= 1 per scale or one for all"
+                                   + (f" (scales {','.join(map(str, self.scales))})" if self.scales else ""))
         if self.prompt_sources is not None:
             if isinstance(self.prompt_sources, str):
                 self.prompt_sources = tuple(n.strip() for n in self.prompt_sources.split(",") if n.strip())
@@ -118,6 +127,7 @@ class DetectorConfig:
         """JSON-ready dict (tuples as lists)."""
         out = asdict(self)
         out["scales"] = None if self.scales is None else list(self.scales)
+        out["window_strides"] = None if self.window_strides is None else list(self.window_strides)
         out["refine_layers"] = None if self.refine_layers is None else list(self.refine_layers)
         out["prompt_sources"] = None if self.prompt_sources is None else list(self.prompt_sources)
         return out

@@ -89,11 +89,16 @@ class Detector(ReferenceFitting, ClassStates):
         self.sources: list[PromptSource] = list(sources)
         placement = {} if self.config.contextual is None else {"contextual": self.config.contextual}
         scales = {} if self.config.scales is None else {"scales": tuple(self.config.scales)}
+        strides = self.config.window_strides  # given scales mean stride 1: only other strides are passed on
+        if strides is not None and not (self.config.scales is not None and set(strides) <= {1}):
+            scales["window_strides"] = tuple(strides)
         self.method = method_cls(self.backbone, **scales, aligner=self.config.aligner,
                                  few_shot_scorer=self.config.few_shot_scorer, fusion=self.config.fusion,
                                  **placement, **self.config.options)
-        # what is in use: the method's placement of eq. 4 and its scales
-        self.config = replace(self.config, contextual=self.method.contextual, scales=tuple(self.method.scales))
+        # what is in use: the method's placement of eq. 4, its scales and their strides
+        used = tuple(self.method.scales)  # a method without strides (a plug-in's, say) runs at stride 1
+        self.config = replace(self.config, contextual=self.method.contextual, scales=used,
+                              window_strides=tuple(getattr(self.method, "window_strides", (1,) * len(used))))
         if trait(self.method, "mutual") and self.config.tile != "none":  # whole images score each other
             if self.config.tile != "auto":
                 raise ValueError(f"tile {self.config.tile!r}: {self.method.name} scores whole images against each "

@@ -29,7 +29,9 @@ def test_grid_covers_the_papers_tables_and_drops_repeats():
     names = {c.name for c in GRID}
     assert len(names) == len(GRID)
     assert {c.aligner for c in GRID} == {"none", "masked", "value", "dense"}
-    assert {c.scales for c in GRID} == {(2,), (2, 3), (2, 3, 4)}
+    assert {c.scales for c in GRID} == {(2,), (2, 3), (2, 3, 4, 5)}
+    assert {c.windows for c in GRID if c.scales == (2, 3, 4, 5)} == {((2, 1), (3, 2), (4, 3), (5, 3)),
+                                                                   ((2, 1), (3, 1), (4, 1), (5, 1))}
     assert {c.text_projection for c in GRID} == {"none", "rank1"}
     assert {c.contextual for c in GRID} == {"off", "global", "soft", "all"}
     assert {c.global_in_map for c in GRID} == {True, False}
@@ -40,8 +42,8 @@ def test_grid_covers_the_papers_tables_and_drops_repeats():
     # full model keep their other difference and run on templates only
     templates = applicable(GRID, {"template"})
     assert all(c.sources == ("template",) for c in templates)
-    keys = {(c.contextual, c.aligner, c.scales, c.text_projection, c.global_in_map, c.refine) for c in templates}
-    assert len(keys) == len(templates) == 16
+    keys = {(c.contextual, c.aligner, c.windows, c.text_projection, c.global_in_map, c.refine) for c in templates}
+    assert len(keys) == len(templates) == 17
     assert not any(c.name == "default + learned prompts" for c in applicable(GRID, {"template", "llm"}))
     assert applicable([AblationConfig("x", ("llm",))], {"template"}) == []
 
@@ -58,23 +60,23 @@ def test_ablate_writes_one_row_per_configuration(ablation_out):
     out, result = ablation_out
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "ablation.csv", newline="")))
-    assert len(rows) == 16 and all(r["class"] == "widget" for r in rows)  # one class: no mean rows
+    assert len(rows) == 17 and all(r["class"] == "widget" for r in rows)  # one class: no mean rows
     for r in rows:
         assert all(0 <= float(r[m]) <= 1 for m in METRICS)
         assert float(r["latency_ms_per_image"]) > 0
-    by = {(r["aligner"], r["scales"], r["S_c"], r["text projection"]): r for r in rows}
+    by = {(r["aligner"], r["scales"], r["window strides"], r["S_c"], r["text projection"]): r for r in rows}
     # the class-token-only rows cannot localize; every aligner row does (planted cue)
     for key, r in by.items():
         if key[0] == "none":
             assert float(r["pixel_auroc"]) < 0.8, key
-        elif key[3] == "none":
+        elif key[4] == "none":
             assert float(r["pixel_auroc"]) >= 0.95, key
     # masked windows cost more than the class token alone; more scales cost more
-    assert float(by["masked", "2,3", "all", "none"]["latency_ms_per_image"]) > float(
-        by["none", "2,3,4", "all", "none"]["latency_ms_per_image"])
+    assert float(by["masked", "2,3", "1,1", "all", "none"]["latency_ms_per_image"]) > float(
+        by["none", "2,3,4,5", "1,2,3,3", "all", "none"]["latency_ms_per_image"])
     md = (out / "ablation.md").read_text()
-    assert md.count("\n| ") == 17 and "planted weights" in md and "ms / image" in md
-    assert "16 configurations" in result.output
+    assert md.count("\n| ") == 18 and "planted weights" in md and "ms / image" in md
+    assert "17 configurations" in result.output
 
 
 def test_ablation_row_equals_alfa_ad_run(demo_root, ablation_out, tmp_path):
@@ -82,13 +84,17 @@ def test_ablation_row_equals_alfa_ad_run(demo_root, ablation_out, tmp_path):
     out, result = ablation_out
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "ablation.csv", newline="")))
-    for aligner, scales, placement in (("masked", "2,3,4", "off"), ("dense", "2,3,4", "off"),
-                                       ("masked", "2,3", "off"), ("masked", "2,3,4", "all")):
+    for aligner, scales, strides, placement in (
+            ("masked", "2,3,4,5", "1,2,3,3", "off"), ("dense", "2,3,4,5", "1,2,3,3", "off"),
+            ("masked", "2,3,4,5", "1,1,1,1", "off"), ("masked", "2,3", "1,1", "off"),
+            ("masked", "2,3,4,5", "1,2,3,3", "all")):
         row = next(r for r in rows if r["aligner"] == aligner and r["scales"] == scales and r["S_c"] == placement
-                   and r["text projection"] == "none" and r["global in map"] == "yes")
-        run_out = tmp_path / f"run-{aligner}-{scales}-{placement}"
+                   and r["window strides"] == strides and r["text projection"] == "none"
+                   and r["global in map"] == "yes")
+        run_out = tmp_path / f"run-{aligner}-{scales}-{strides}-{placement}"
         result = invoke("run", "--data", demo_root, "--weights", "planted", "--tile", "none", "--aligner", aligner,
-                        "--scales", scales, "--contextual", placement, "--no-overlays", "--out", run_out)
+                        "--scales", scales, "--window-strides", strides, "--contextual", placement, "--no-overlays",
+                        "--out", run_out)
         assert result.exit_code == 0, result.output
         metrics = json.loads((run_out / "metrics.json").read_text())["metrics"]["widget"]
         for m in METRICS:

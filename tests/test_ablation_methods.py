@@ -146,15 +146,15 @@ def test_ablate_methods_option(demo_root, tmp_path):
     result = invoke("ablate", "--data", demo_root, "--weights", "planted", "--out", out, "--methods", "all")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "ablation.csv", newline="")))
-    assert len(rows) == 16 + 2  # the grid as before, then winclip and musc; patchknn skipped
+    assert len(rows) == 17 + 2  # the grid as before, then winclip and musc; patchknn skipped
     method = [r for r in rows if r["configuration"].startswith("method ")]
     assert [r["configuration"].split()[1] for r in method] == ["winclip", "musc"]
     for r in method:
         assert all(0 <= float(r[m]) <= 1 for m in METRICS) and float(r["latency_ms_per_image"]) > 0
     assert "skipped: method patchknn: needs normal references" in " ".join(result.output.split())
-    assert "16 configurations + 2 method rows" in result.output
+    assert "17 configurations + 2 method rows" in result.output
     md = (out / "ablation.md").read_text()
-    assert md.count("\n| ") == 19 and "- method rows: " in md and "method musc (" in md
+    assert md.count("\n| ") == 20 and "- method rows: " in md and "method musc (" in md
     # the same numbers as alfa-ad run with that method, whole images
     for r in method:
         name = r["configuration"].split()[1]

@@ -115,7 +115,8 @@ def test_manifest_texts_and_identity_check(det, traced, tmp_path):
     assert m["format"] == "onnx" and m["opset"] == 18 and m["file"] == "model.onnx"
     ident = m["identity"]
     assert ident["method"] == "alfa" and ident["aligner"] == det.config.aligner
-    assert ident["input_size"] == list(det.backbone.image_size) and ident["scales"] == [2, 3, 4]
+    assert ident["input_size"] == list(det.backbone.image_size) and ident["scales"] == [2, 3, 4, 5]
+    assert ident["window_strides"] == [1, 2, 3, 3]
     assert ident["weights"]["visual"].startswith("blake2b:")
     assert {"alfa-ad", "torch", "onnx", "onnxruntime"} <= set(m["versions"])
     assert m["classes"][CLASS]["normal"] == list(det.prompts(CLASS).normal)

@@ -29,7 +29,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("scoring",),  # pure scoring math: windows, eq. 4, fusion, few-shot scorers, tiles
     ("aligners", "report"),  # window embeddings; the HTML report and figures
     ("methods", "outputs", "class_state", "learning"),  # ALFA and WinCLIP; run files; per-class state
-    ("config", "reference_fitting", "export", "references", "llm"),  # the detector's parts; the LLM tool chain
+    ("config", "reference_fitting", "export", "references", "llm",  # the detector's parts; the LLM tool chain;
+     "ablation_grid"),  # the ablation grid as data
     ("backends",),  # what runs the per-image model (torch, ONNX Runtime, OpenVINO)
     ("detector",),  # the library's roof: Detector and detect
     ("engines",),  # where a batch is decoded and scored

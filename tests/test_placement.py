@@ -104,7 +104,8 @@ def test_global_in_map_is_one_more_harmonic_term(planted_backbone):
 def test_defaults_and_the_paper_preset(planted_backbone):
     det = Detector(planted_backbone, cache_dir=None)
     c = det.config
-    assert (c.contextual, c.scales, c.llm_prompts, c.preset) == ("off", (2, 3, 4), False, None)
+    assert (c.contextual, c.scales, c.llm_prompts, c.preset) == ("off", (2, 3, 4, 5), False, None)
+    assert c.window_strides == (1, 2, 3, 3) and det.method.head.strides == (1, 2, 3, 3)
     assert det.method.head.global_in_map and [s.name for s in det.sources] == ["template"]
     assert Detector(planted_backbone, cache_dir=None, method="winclip").config.scales == (2, 3)
     paper = Detector(planted_backbone, cache_dir=None, preset="paper")

@@ -202,7 +202,8 @@ def test_metric_files_have_every_metric_and_the_config(two_class_run):
     assert cfg["method"] == "alfa" and cfg["shots"] == "0"
     assert "planted" in cfg["weights"] and m["weights"] == cfg["weights"]
     assert cfg["model"] == "planted-vit" and cfg["weights_source"]["source"] == "planted"
-    assert cfg["scales"] == [2, 3, 4] and cfg["prompt_sources"] == ["template"]
+    assert cfg["scales"] == [2, 3, 4, 5] and cfg["window_strides"] == [1, 2, 3, 3]
+    assert cfg["prompt_sources"] == ["template"]
     assert cfg["version"] == __version__ == m["alfa_ad_version"]
     assert cfg["data"] == str(data)
     # only what applies to this run: zero-shot, planted weights, not calibrated
@@ -242,7 +243,8 @@ def test_config_reproduces_the_run(two_class_run, tmp_path):
     cfg = _json(out / "metrics.json")["config"]
     again = tmp_path / "again"
     result = invoke("run", "--data", cfg["data"], "--out", again, "--method", cfg["method"], "--shots", cfg["shots"],
-                    "--scales", ",".join(map(str, cfg["scales"])), "--tile", cfg["tile"], *FAST)
+                    "--scales", ",".join(map(str, cfg["scales"])),
+                    "--window-strides", ",".join(map(str, cfg["window_strides"])), "--tile", cfg["tile"], *FAST)
     assert result.exit_code == 0, result.output
     assert (again / "scores.csv").read_bytes() == (out / "scores.csv").read_bytes()
     # and the record's detector entry rebuilds the same detector in Python

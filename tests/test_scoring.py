@@ -216,7 +216,7 @@ def test_harmonic_aggregation_zero_window_score_gives_zero_not_nan():
 
 
 def test_harmonic_aggregation_batch_and_uncovered_patches():
-    windows = make_window_indices((3, 3), 2, stride=2)  # one window: patches 0, 1, 3, 4
+    windows = torch.tensor([[0, 1, 3, 4]])  # one 2 x 2 window on a 3 x 3 grid (make_window_indices covers all)
     cover = coverage_matrix(windows, 9)
     out = harmonic_aggregation(T([[0.4], [0.9]]), cover)
     assert out.shape == (2, 9)

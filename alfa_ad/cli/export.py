@@ -29,7 +29,9 @@ def export(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch)."),
     weights: str = typer.Option("pretrained", "--weights", help=WEIGHTS_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
-    scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default 2,3,4)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default 2,3,4,5)."),
+    window_strides: Optional[str] = typer.Option(None, "--window-strides", help="Windows every so many patches, one "
+                                                 "per scale or one for all (default 1,2,3,3; 1 with --scales)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt library JSON (default: the shipped ones)."),
     llm: bool = typer.Option(False, "--llm/--no-llm", help="Add the LLM-generated prompts for --classes (--prompts implies it)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Disk cache (default $ALFA_AD_CACHE or ./cache)."),
@@ -54,11 +56,12 @@ def export(
     if method not in GRAPHS:
         fail(f"--method {method} cannot be exported; exportable: {', '.join(GRAPHS)} (musc's images score each "
              "other: there is no per-image graph)")
-    if method != "alfa" and (classes or scales or prompts or llm):
-        fail(f"--method {method} reads no prompt and no window: --classes, --scales, --prompts and --llm do not apply")
+    if method != "alfa" and (classes or scales or window_strides or prompts or llm):
+        fail(f"--method {method} reads no prompt and no window: --classes, --scales, --window-strides, --prompts "
+             "and --llm do not apply")
     names = [" ".join(c.split()) for c in classes.split(",") if c.strip()] if classes else []
     detector = build_detector(method, model, pretrained, checkpoint, weights, seed, "cpu", scales, cache_dir, 1,
-                              prompts, llm, aligner=aligner)
+                              prompts, llm, aligner=aligner, window_strides=window_strides)
     what = f"ALFA ({aligner} aligner" if method == "alfa" else f"{method} (memory bank as input"
     say(f"exporting {what}, {detector.weights_label}) as {fmt} {precision} to {out}")
     try:

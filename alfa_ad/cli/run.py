@@ -58,6 +58,7 @@ def run(
     weights: str = opt.WEIGHTS,
     device: Optional[str] = opt.DEVICE,
     scales: Optional[str] = opt.SCALES,
+    window_strides: Optional[str] = opt.WINDOW_STRIDES,
     tile: str = opt.TILE,
     anomalib_compat: bool = opt.ANOMALIB_COMPAT,
     batch_size: str = opt.BATCH_SIZE,
@@ -198,7 +199,7 @@ def make_detector(a: RunArgs, shots: Shots, data: RunData):
     detector = build_detector(a.method, a.model, a.pretrained, a.checkpoint, a.weights, a.seed, a.device, a.scales,
                               a.cache_dir, a.batch_size, a.prompts, a.llm, a.anomalib_compat, a.text, a.tile,
                               a.aligner, a.few_shot_scorer, a.fusion, a.learned, a.contextual, a.preset,
-                              refine=a.refine, refine_layers=a.refine_layers)
+                              refine=a.refine, refine_layers=a.refine_layers, window_strides=a.window_strides)
     for cls, lib in data.libs.items():
         detector.set_prompt_class(data.names.get(cls, cls), lib)
     if a.backend != "torch" and a.exported is None:

@@ -60,8 +60,11 @@ PRETRAINED = typer.Option(DEFAULT_PRETRAINED, "--pretrained", help="open_clip pr
 CHECKPOINT = typer.Option(None, "--checkpoint", help="Local weights file (safetensors or torch).")
 WEIGHTS = typer.Option("pretrained", "--weights", help=WEIGHTS_HELP)
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
-SCALES = typer.Option(None, "--scales", help="Window sizes in patches (default: ALFA 2,3,4; "
+SCALES = typer.Option(None, "--scales", help="Window sizes in patches (default: ALFA 2,3,4,5; "
                       "WinCLIP 2,3).")
+WINDOW_STRIDES = typer.Option(None, "--window-strides", help="Windows every so many patches, one per "
+                              "scale or one for all (default: ALFA 1,2,3,3 with its default scales; 1 with "
+                              "--scales).")
 TILE = typer.Option("auto", "--tile", help="auto, none or a tile side in pixels: score large or elongated "
                     "images in overlapping square tiles (auto: when squashing would distort by > 2:1 or "
                     "shrink by > 4.5x; docs/method.md).")
@@ -132,6 +135,7 @@ class RunArgs:
     weights: str
     device: Optional[str]
     scales: Optional[str]
+    window_strides: Optional[str]
     tile: str
     anomalib_compat: bool
     batch_size: str

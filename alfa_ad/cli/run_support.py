@@ -52,7 +52,8 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
                    text: bool = True, tile: str = "auto", aligner: str = DEFAULT_ALIGNER,
                    few_shot_scorer: str = "bank", fusion: str = "raw",
                    learned: Optional[Path] = None, contextual: Optional[str] = None,
-                   preset: Optional[str] = None, refine: bool = False, refine_layers: Optional[str] = None):
+                   preset: Optional[str] = None, refine: bool = False, refine_layers: Optional[str] = None,
+                   window_strides: Optional[str] = None):
     """A :class:`~alfa_ad.Detector` from CLI options; every problem is a one-line error, and
     all but the model's own (a scale larger than its patch grid, say) come before torch loads."""
     from ..model.weights import WeightsUnavailableError, require_pretrained
@@ -64,6 +65,7 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         method_options, method=method, aligner=aligner, model=model, pretrained=pretrained,
         checkpoint=str(checkpoint) if checkpoint else None, weights=weights, seed=seed, device=device,
         scales=None if scales is None else parse_ints(scales, "--scales"), tile=tile, batch_size=batch_size,
+        window_strides=None if window_strides is None else parse_ints(window_strides, "--window-strides"),
         prompts=str(prompts) if prompts else None, llm_prompts=llm, few_shot_scorer=few_shot_scorer,
         fusion=fusion, learned=str(learned) if learned else None, contextual=contextual, preset=preset,
         refine=refine, refine_layers=refine_layers)

@@ -52,7 +52,9 @@ def serve(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Local weights file for --model."),
     weights: Optional[str] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
-    scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default: ALFA 2,3,4; WinCLIP 2,3)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Window sizes in patches (default: ALFA 2,3,4,5; WinCLIP 2,3)."),
+    window_strides: Optional[str] = typer.Option(None, "--window-strides", help="Windows every so many patches, one "
+                                                 "per scale or one for all (as for run)."),
     tile: Optional[str] = typer.Option(None, "--tile", help="auto, none or a tile side in pixels (as for run; each tile "
                                        "is one more forward pass; --max-tiles bounds them per request)."),
     anomalib_compat: Optional[bool] = typer.Option(None, "--anomalib-compat", help="WinCLIP exactly as anomalib 2.x."),
@@ -81,7 +83,7 @@ def serve(
            "calibrate": calibrate, "fpr": fpr, "prompts": prompts, "llm_prompts": llm, "use_text": text,
            "contextual": contextual, "preset": preset,
            "model": model, "pretrained": pretrained, "checkpoint": checkpoint, "weights": weights,
-           "device": device, "scales": scales, "tile": tile, "anomalib_compat": anomalib_compat,
+           "device": device, "scales": scales, "window_strides": window_strides, "tile": tile, "anomalib_compat": anomalib_compat,
            "cache_dir": cache_dir, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "queue_size": queue_size,
            "timeout_s": timeout, "max_body_mb": max_body_mb, "max_pixels": max_pixels, "max_tiles": max_tiles,
            "map_size": map_size,

@@ -108,7 +108,7 @@ def _patchknn(detector) -> ExportSpec:
 
 def _alfa_options(detector) -> dict[str, Any]:
     head = detector.method.head
-    return {"aligner": detector.config.aligner, "scales": list(head.scales),
+    return {"aligner": detector.config.aligner, "scales": list(head.scales), "window_strides": list(head.strides),
             "options": {"temperature": head.temperature, "k": head.k, "sigma": head.blur.sigma,
                         "contextual": head.contextual, "use_text": head.use_text,
                         "global_in_map": head.global_in_map, "text_projection": head.aligner.text_projection}}
@@ -116,7 +116,7 @@ def _alfa_options(detector) -> dict[str, Any]:
 
 def _patchknn_options(detector) -> dict[str, Any]:
     m = detector.method
-    return {"aligner": None, "scales": [],
+    return {"aligner": None, "scales": [], "window_strides": [],
             "options": {"layer": m.layer, "top_percent": m.top_percent, "sigma": m.blur.sigma,
                         "masking": m.masking, "few_shot_scorer": m.scorer.name}}
 

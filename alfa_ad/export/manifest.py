@@ -40,8 +40,11 @@ class Manifest:
     def check(self, mine: dict[str, Any]) -> None:
         """``ValueError`` naming the first option in which a detector's identity ``mine``
         (:func:`~alfa_ad.export.graphs.identity`) differs from the export's."""
+        recorded = dict(self.identity)
+        # exports written before window strides existed ran every scale at stride 1
+        recorded.setdefault("window_strides", [1] * len(recorded.get("scales") or []))
         for key, value in mine.items():
-            theirs = self.identity.get(key)
+            theirs = recorded.get(key)
             if json.loads(json.dumps(value)) != theirs:
                 raise ValueError(f"the exported model was made with {key}={json.dumps(theirs)}, this run uses "
                                  f"{key}={json.dumps(value)}; export again (alfa-ad export) or drop --exported")

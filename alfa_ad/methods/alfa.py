@@ -24,12 +24,23 @@ from ..scoring.zero_shot import TEMPERATURE
 from .alfa_head import AlfaHead
 from .base import BatchScores, ReferenceBank, ZeroShotFeatures, extract_references
 
-# ALFA's defaults, chosen on the mini-CLIP table (docs/mini_clip.md): windows of 2, 3 and 4
-# patches; eq. (4) off (scoring/placement.py); the image-level score as one more term of the
-# map's harmonic mean (global_in_map); smoothing by an eighth of a patch
-DEFAULT_SCALES = (2, 3, 4)
+# ALFA's defaults, chosen on the mini-CLIP tables (docs/mini_clip.md, docs/mini_clip_v2.md):
+# windows of 2, 3, 4 and 5 patches every 1, 2, 3 and 3 patches (the wider scales localize
+# better; their strides keep the cost at WinCLIP's 2,3 at stride 1 on a 15 x 15 grid); eq. (4)
+# off (scoring/placement.py); the image-level score as one more term of the map's harmonic
+# mean (global_in_map); smoothing by an eighth of a patch
+DEFAULT_SCALES = (2, 3, 4, 5)
+DEFAULT_STRIDES = (1, 2, 3, 3)
 
-__all__ = ["AlfaMethod", "DEFAULT_SCALES", "TEXT_PROJECTIONS", "default_memory_layers"]
+
+def default_window_geometry(grid: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """ALFA's default scales and strides, less the scales larger than the patch grid (a small
+    grid keeps the windows that fit; none fitting is the window geometry's error)."""
+    fits = [(s, t) for s, t in zip(DEFAULT_SCALES, DEFAULT_STRIDES) if s <= min(grid)] or [(DEFAULT_SCALES[0], 1)]
+    return tuple(s for s, _ in fits), tuple(t for _, t in fits)
+
+__all__ = ["AlfaMethod", "DEFAULT_SCALES", "DEFAULT_STRIDES", "TEXT_PROJECTIONS", "default_memory_layers",
+           "default_window_geometry"]
 
 
 class AlfaMethod(ReferenceBank):
@@ -39,7 +50,7 @@ class AlfaMethod(ReferenceBank):
     def __init__(
         self,
         backbone: ClipBackbone,
-        scales: tuple[int, ...] = DEFAULT_SCALES,
+        scales: tuple[int, ...] | None = None,
         temperature: float = TEMPERATURE,
         k: float = 1.0,
         sigma: float | None = None,
@@ -51,16 +62,20 @@ class AlfaMethod(ReferenceBank):
         few_shot_scorer: str = "bank",
         fusion: str = "raw",
         global_in_map: bool = True,
+        window_strides: Sequence[int] | None = None,
     ) -> None:
         if text_projection is not None and text_projection not in TEXT_PROJECTIONS:
             raise ValueError(f"text_projection must be one of {TEXT_PROJECTIONS}")
         self.backbone = backbone
         self._init_bank(backbone, few_shot_scorer, memory_layers, fusion)
+        if scales is None:  # the default pair; given scales without strides: stride 1
+            scales, default_strides = default_window_geometry(backbone.grid)
+            window_strides = default_strides if window_strides is None else window_strides
         if sigma is None:  # an eighth of a patch, in model pixels (ViT-B/16: 2 px; the mini-CLIP: 1 px)
             sigma = backbone.image_size[0] / backbone.grid[0] / 8
         self.head = AlfaHead(build_aligner(aligner, backbone, text_projection=text_projection), backbone.grid,
                              backbone.image_size, scales, temperature, k, sigma, contextual, use_text,
-                             global_in_map=global_in_map).to(backbone.device)
+                             global_in_map=global_in_map, strides=window_strides).to(backbone.device)
 
     @classmethod
     def default_prompt_sources(cls, config) -> tuple[str, ...]:
@@ -93,6 +108,10 @@ class AlfaMethod(ReferenceBank):
     @property
     def scales(self) -> tuple[int, ...]:
         return self.head.scales
+
+    @property
+    def window_strides(self) -> tuple[int, ...]:
+        return self.head.strides
 
     def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-normalised prompt embeddings; the per-image selection happens in the head."""

@@ -60,7 +60,8 @@ class AlfaHead(nn.Module):
     def __init__(self, aligner: Aligner, grid: tuple[int, int], image_size: tuple[int, int],
                  scales: Sequence[int] = (2, 3), temperature: float = TEMPERATURE, k: float = 1.0,
                  sigma: float = 4.0, contextual: str | bool = DEFAULT_PLACEMENT, use_text: bool = True,
-                 memory_layers: Sequence[int] = (), global_in_map: bool = True) -> None:
+                 memory_layers: Sequence[int] = (), global_in_map: bool = True,
+                 strides: Sequence[int] | None = None) -> None:
         super().__init__()
         self.aligner = aligner
         self.grid = tuple(grid)
@@ -73,7 +74,8 @@ class AlfaHead(nn.Module):
         self.global_in_map = bool(global_in_map)
         self.memory_layers = tuple(memory_layers)
         self.blur = GaussianBlur(sigma)
-        geometry = WindowGeometry(self.grid, self.scales)
+        geometry = WindowGeometry(self.grid, self.scales, strides)
+        self.strides = geometry.strides
         for i, (w, c) in enumerate(zip(geometry.windows, geometry.covers)):
             self.register_buffer(f"windows_{i}", w, persistent=False)
             self.register_buffer(f"cover_{i}", c, persistent=False)

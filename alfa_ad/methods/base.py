@@ -33,16 +33,38 @@ class BatchScores:
 
 
 class WindowGeometry:
-    """Sliding windows (stride 1) of each scale on the patch grid, with coverage matrices."""
+    """Sliding windows of each scale on the patch grid (every ``strides[i]`` patches,
+    default 1), with coverage matrices."""
 
-    def __init__(self, grid: tuple[int, int], scales: tuple[int, ...]) -> None:
+    def __init__(self, grid: tuple[int, int], scales: tuple[int, ...],
+                 strides: Sequence[int] | None = None) -> None:
         if not scales:
             raise ValueError("at least one window scale is needed")
         self.grid = grid
         self.scales = tuple(scales)
-        self.windows = [make_window_indices(grid, s) for s in self.scales]
+        self.strides = parse_strides(strides, self.scales)
+        self.windows = [make_window_indices(grid, s, t) for s, t in zip(self.scales, self.strides)]
         n = grid[0] * grid[1]
         self.covers = [coverage_matrix(w, n) for w in self.windows]
+
+
+def parse_strides(strides: Sequence[int] | int | None, scales: Sequence[int]) -> tuple[int, ...]:
+    """One window stride per scale: None (all 1), one value for every scale, or one per scale."""
+    if strides is None:
+        return (1,) * len(scales)
+    if isinstance(strides, int):
+        strides = (strides,)
+    strides = tuple(int(t) for t in strides)
+    if len(strides) == 1:
+        strides *= len(scales)
+    if len(strides) != len(scales) or min(strides) < 1:
+        raise ValueError(f"window strides {','.join(map(str, strides))}: give one stride >= 1 per scale "
+                         f"({','.join(map(str, scales))}) or one for all")
+    for s, t in zip(scales, strides):
+        if t > s:
+            raise ValueError(f"window stride {t} is longer than its window ({s} patches): the patches between "
+                             "windows would be left uncovered")
+    return strides
 
 
 def upsample(patch_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -107,7 +129,9 @@ class Method(Protocol):
 
     Built as ``cls(backbone, scales=..., aligner=..., few_shot_scorer=..., fusion=...,
     contextual=..., **options)`` (``scales`` and ``contextual`` when the config names
-    them, as a run's record always does).  Every tensor handed back is on the CPU; ``text`` is whatever
+    them, as a run's record always does; ``window_strides`` too when the config names strides
+    other than 1, and a method with windows says its strides in a ``window_strides``
+    attribute, one per scale: without it the record says stride 1).  Every tensor handed back is on the CPU; ``text`` is whatever
     :meth:`prepare_text` returned, on the model's device.  Optional class attributes
     declare what the method can do (:data:`alfa_ad.registry.TRAITS`, read with
     :func:`alfa_ad.registry.trait`, named in its registry line too); a ``mutual``

@@ -83,6 +83,7 @@ class MuscMethod(PromptFree):
         self,
         backbone: ClipBackbone,
         scales: tuple[int, ...] = (),
+        window_strides: tuple[int, ...] = (),
         layers: Sequence[int] | None = None,
         degrees: Sequence[int] = (1, 3, 5),
         interval: Sequence[float] = (0.0, 0.3),
@@ -96,8 +97,9 @@ class MuscMethod(PromptFree):
     ) -> None:
         """``aligner``, ``few_shot_scorer`` and ``fusion`` are accepted and unused (no windows,
         no references, no text part)."""
-        if scales:
-            raise ValueError(f"musc scores patches, not windows: scales {tuple(scales)} do not apply")
+        if scales or window_strides:
+            what = f"scales {tuple(scales)}" if scales else f"window strides {tuple(window_strides)}"
+            raise ValueError(f"musc scores patches, not windows: {what} do not apply")
         if contextual not in (None, "off"):
             raise ValueError(f"contextual {contextual!r}: musc has no prompts to adapt (eq. 4 is ALFA's)")
         depth = backbone.depth
@@ -120,7 +122,8 @@ class MuscMethod(PromptFree):
         self.group_size = int(group)
         self.pool: MuscPool | None = None  # set_pool: a fixed pool scores every image (the service)
         self.backbone = backbone
-        self.scales, self.contextual, self.fusion, self.scorer = (), "off", "raw", None
+        self.scales = self.window_strides = ()
+        self.contextual, self.fusion, self.scorer = "off", "raw", None
         self.blur = GaussianBlur(self.default_sigma(backbone) if sigma is None else sigma).to(backbone.device)
 
     @property

@@ -97,6 +97,7 @@ class PatchKnnMethod(PromptFree, ReferenceBank):
         self,
         backbone: ClipBackbone,
         scales: tuple[int, ...] = (),
+        window_strides: tuple[int, ...] = (),
         layer: int | None = None,
         masking: str = "off",
         rotations: bool = False,
@@ -112,8 +113,9 @@ class PatchKnnMethod(PromptFree, ReferenceBank):
         part to fuse with, so both fusions give the visual map as it is.  With the residual
         scorer the features are its token sets (``memory_layers``), without its
         image-level residual; ``layer`` then does not apply."""
-        if scales:
-            raise ValueError(f"patchknn scores patches, not windows: scales {tuple(scales)} do not apply")
+        if scales or window_strides:
+            what = f"scales {tuple(scales)}" if scales else f"window strides {tuple(window_strides)}"
+            raise ValueError(f"patchknn scores patches, not windows: {what} do not apply")
         if contextual not in (None, "off"):
             raise ValueError(f"contextual {contextual!r}: patchknn has no prompts to adapt (eq. 4 is ALFA's)")
         if masking not in MASKINGS:
@@ -134,7 +136,8 @@ class PatchKnnMethod(PromptFree, ReferenceBank):
         elif layer is not None:
             raise ValueError(f"layer applies to the bank scorer; the {few_shot_scorer} scorer reads memory_layers")
         self.backbone = backbone
-        self.scales, self.contextual = (), "off"
+        self.scales = self.window_strides = ()
+        self.contextual = "off"
         self.masking, self.rotations, self.top_percent = masking, bool(rotations), float(top_percent)
         self._init_bank(backbone, few_shot_scorer, memory_layers, fusion)
         self.blur = GaussianBlur(self.default_sigma(backbone) if sigma is None else sigma).to(backbone.device)

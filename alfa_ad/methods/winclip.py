@@ -41,6 +41,7 @@ class WinClipMethod(ReferenceBank):
         fusion: str = "raw",
         memory_layers=None,
         contextual: str | None = None,
+        window_strides: tuple[int, ...] | None = None,
     ) -> None:
         if contextual not in (None, "off"):
             raise ValueError(f"contextual {contextual!r}: WinCLIP has no run-time prompt adaptation (eq. 4 is ALFA's)")
@@ -51,7 +52,10 @@ class WinClipMethod(ReferenceBank):
         self.backbone = backbone
         options = {"cross_window": True} if anomalib_compat else {}
         self.aligner = build_aligner(aligner, backbone, text_projection="none", **options)
-        self.geometry = WindowGeometry(backbone.grid, scales)
+        self.geometry = WindowGeometry(backbone.grid, scales, window_strides)
+        self.window_strides = self.geometry.strides
+        if anomalib_compat and set(self.window_strides) != {1}:
+            raise ValueError("anomalib_compat reproduces anomalib's windows at stride 1; leave window_strides out")
         self.temperature = temperature
         self.anomalib_compat = anomalib_compat
         # bank: WinCLIP+'s reference patch tokens and window embeddings; residual: InCTRL-style

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from ..io.atomic import atomic_write_text
 from .tables import METRIC_TITLES, METRICS, fmt
 
-DESCRIBE = ("configuration", "prompt sources", "S_c", "aligner", "scales", "text projection", "global in map",
+DESCRIBE = ("configuration", "prompt sources", "S_c", "aligner", "scales", "window strides", "text projection", "global in map",
             "refine")
 
 

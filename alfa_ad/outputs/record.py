@@ -62,7 +62,8 @@ def build_record(detector, options: RunOptions, classes: list[str], prompt_count
         record["weights_sha256"] = weights.sha256
     if weights.source == "random":
         record["weights_seed"] = cfg.seed
-    record.update({"method": cfg.method, "aligner": cfg.aligner, "scales": list(cfg.scales), "tile": cfg.tile})
+    record.update({"method": cfg.method, "aligner": cfg.aligner, "scales": list(cfg.scales),
+                   "window_strides": list(cfg.window_strides), "tile": cfg.tile})
     if cfg.options:
         record["method_options"] = dict(cfg.options)
     record["prompt_sources"] = list(dict.fromkeys(used))

@@ -5,8 +5,22 @@ from __future__ import annotations
 import torch
 
 
+def window_starts(length: int, size: int, stride: int = 1) -> list[int]:
+    """Top-left offsets of ``size``-wide windows along a ``length``-long grid axis, every
+    ``stride`` patches, plus one window flush with the far edge when the stride skips it,
+    so every patch is covered whatever the stride."""
+    if not 1 <= stride <= size:
+        raise ValueError(f"window stride {stride} must be 1 to {size}, the window size: a longer stride "
+                         "would leave patches between windows uncovered")
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
 def make_window_indices(grid: tuple[int, int], size: int, stride: int = 1) -> torch.Tensor:
-    """Patch indices of every ``size x size`` window on a ``(H, W)`` patch grid.
+    """Patch indices of every ``size x size`` window on a ``(H, W)`` patch grid, windows
+    every ``stride`` patches (:func:`window_starts`: the far edges always covered).
 
     Returns ``(n_windows, size * size)`` long tensor of row-major patch indices,
     windows ordered row-major by their top-left corner.
@@ -15,7 +29,10 @@ def make_window_indices(grid: tuple[int, int], size: int, stride: int = 1) -> to
     if size < 1 or size > min(h, w):
         raise ValueError(f"window size {size} does not fit the {h}x{w} patch grid")
     idx = torch.arange(h * w).reshape(h, w)
-    win = idx.unfold(0, size, stride).unfold(1, size, stride)  # (nh, nw, size, size)
+    rows = torch.tensor(window_starts(h, size, stride))
+    cols = torch.tensor(window_starts(w, size, stride))
+    offsets = torch.arange(size)
+    win = idx[(rows[:, None] + offsets)[:, None, :, None], (cols[:, None] + offsets)[None, :, None, :]]
     return win.reshape(-1, size * size)
 
 

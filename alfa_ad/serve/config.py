@@ -189,15 +189,17 @@ def detector_kwargs(record: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r} for method {method}; Detector and {method} options: "
                           f"{', '.join(sorted(known))}; service options: {', '.join(sorted(SERVICE_KEYS))}")
-    if "scales" in kwargs:
-        scales = kwargs["scales"]
-        try:
-            values = [int(v) for v in (scales.split(",") if isinstance(scales, str) else scales) if str(v).strip()]
-        except (TypeError, ValueError):
-            raise ConfigError(f"scales: must be integers, e.g. 2,3; got {scales!r}") from None
-        if not values or min(values) < 1:
-            raise ConfigError(f"scales: must be integers >= 1, got {scales!r}")
-        kwargs["scales"] = tuple(values)
+    for key in ("scales", "window_strides"):
+        if key in kwargs:
+            given = kwargs[key]
+            given = [given] if isinstance(given, int) else given
+            try:
+                values = [int(v) for v in (given.split(",") if isinstance(given, str) else given) if str(v).strip()]
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}: must be integers, e.g. 2,3; got {kwargs[key]!r}") from None
+            if not values or min(values) < 1:
+                raise ConfigError(f"{key}: must be integers >= 1, got {kwargs[key]!r}")
+            kwargs[key] = tuple(values)
     if "batch_size" in kwargs and (not isinstance(kwargs["batch_size"], int) or kwargs["batch_size"] < 1):
         raise ConfigError(f"batch_size: must be an integer >= 1, got {kwargs['batch_size']!r}")
     for key in ("prompts", "checkpoint"):

@@ -85,6 +85,11 @@ CONFIGS: list[dict] = [
     {"name": "--scales 2,3", "method": "alfa", "detector": {"scales": (2, 3)}},
     {"name": "--scales 2,3,4,5", "method": "alfa", "detector": {"scales": (2, 3, 4, 5)}},
     {"name": "--scales 1,2,3", "method": "alfa", "detector": {"scales": (1, 2, 3)}},
+    {"name": "--scales 2,3,4 --window-strides 1,2,2", "method": "alfa",
+     "detector": {"scales": (2, 3, 4), "window_strides": (1, 2, 2)}},
+    {"name": "--scales 2,3,4,5 --window-strides 2", "method": "alfa",
+     "detector": {"scales": (2, 3, 4, 5), "window_strides": (2,)}},
+    {"name": "previous default: --scales 2,3,4 (stride 1)", "method": "alfa", "detector": {"scales": (2, 3, 4)}},
     {"name": "image score not in the map (global_in_map=False)", "method": "alfa",
      "detector": {"global_in_map": False}},
     {"name": "sigma 4 px (0.1)", "method": "alfa", "detector": {"sigma": 4.0}},
@@ -174,6 +179,8 @@ def what_ran(det: Detector, method: str, shots: int) -> str:
                  f"sigma {m.blur.sigma:g} px"]
     if c.method == "alfa":
         head = det.method.head
+        if any(t != 1 for t in head.strides):
+            parts[-1] += f" (window strides {','.join(map(str, head.strides))})"
         parts += [f"eq. 4 {c.contextual}", f"text projection {det.method.text_projection}",
                   f"sigma {head.blur.sigma:g} px", "image score in map" if head.global_in_map else "windows-only map"]
         if not det.method.use_text:

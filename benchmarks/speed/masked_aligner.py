@@ -3,8 +3,10 @@
     python benchmarks/speed/masked_aligner.py                      # ViT-B-16-plus-240, random weights, 2 images
     python benchmarks/speed/masked_aligner.py --images 4 --repeats 3
 
-For each configuration (ALFA's default: masked aligner at scales 2, 3, 4; ALFA at
-WinCLIP's scales 2, 3; WinCLIP, masked, 2, 3) on the same random images:
+For each configuration (ALFA's default: masked aligner at scales 2, 3, 4, 5 with windows
+every 1, 2, 3, 3 patches; the previous default, scales 2, 3, 4 at stride 1; ALFA at
+WinCLIP's scales 2, 3; WinCLIP, masked, 2, 3; "/t": windows every t patches) on the same
+random images:
 
 - FLOPs per image of the method's per-image model (``det.method(pixels, text)``),
   counted from the model's shapes by ``torch.utils.flop_counter`` (matrix products and
@@ -39,9 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the
 from _common.timing import median_seconds  # noqa: E402
 
 CONFIGS = (  # label, Detector options
-    ("ALFA default (masked, scales 2,3,4)", {"method": "alfa"}),
-    ("ALFA masked, scales 2,3", {"method": "alfa", "scales": (2, 3)}),
-    ("WinCLIP (masked, scales 2,3)", {"method": "winclip"}),
+    ("ALFA default (masked, 2,3,4,5 /1,2,3,3)", {"method": "alfa"}),
+    ("ALFA previous default (masked, 2,3,4 /1)", {"method": "alfa", "scales": (2, 3, 4)}),
+    ("ALFA masked, scales 2,3 /1", {"method": "alfa", "scales": (2, 3)}),
+    ("WinCLIP (masked, scales 2,3 /1)", {"method": "winclip"}),
 )
 
 
