@@ -39,6 +39,7 @@ def default_window_geometry(grid: Sequence[int]) -> tuple[tuple[int, ...], tuple
     fits = [(s, t) for s, t in zip(DEFAULT_SCALES, DEFAULT_STRIDES) if s <= min(grid)] or [(DEFAULT_SCALES[0], 1)]
     return tuple(s for s, _ in fits), tuple(t for _, t in fits)
 
+
 __all__ = ["AlfaMethod", "DEFAULT_SCALES", "DEFAULT_STRIDES", "TEXT_PROJECTIONS", "default_memory_layers",
            "default_window_geometry"]
 
