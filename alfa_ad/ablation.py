@@ -252,7 +252,7 @@ def _described(det: Detector, spec: MethodConfig, shots: Sequence[int]) -> Metho
     mode += [f"{o} {_value(v)}" for o, v in spec.options if o not in {"scales", "aligner", *KEY_OPTIONS}]
     sources = "none (reads no prompt)" if trait(m, "text_free") else " + ".join(det.config.prompt_sources)
     columns = {"prompt sources": sources, "S_c": m.contextual, "aligner": getattr(aligner, "name", "-"),
-               "scales": _value(m.scales) or "-", "window strides": _value(m.window_strides) or "-",
+               "scales": _value(m.scales) or "-", "window strides": _value(det.config.window_strides) or "-",
                "text projection": getattr(aligner, "text_projection", "-"),
                "global in map": "-", "refine": _value(bool(det.config.refine))}
     return replace(spec, name=f"method {m.name} ({'; '.join(mode)})", columns=tuple(columns.items()))

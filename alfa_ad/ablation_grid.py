@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from .methods.alfa import DEFAULT_SCALES, DEFAULT_STRIDES
+from .scoring.window_spec import parse_strides
 from .scoring.placement import DEFAULT_PLACEMENT
 
 TEMPLATES, LLM, LEARNED = "template", "llm", "learned"
@@ -33,8 +34,7 @@ class AblationConfig:
     def windows(self) -> tuple[tuple[int, int], ...]:
         """``(scale, stride)`` of each window scale."""
         default = DEFAULT_STRIDES if self.scales == DEFAULT_SCALES else (1,) * len(self.scales)
-        strides = self.strides or default
-        return tuple(zip(self.scales, strides * len(self.scales) if len(strides) == 1 else strides))
+        return tuple(zip(self.scales, parse_strides(self.strides or default, self.scales)))
 
     def describe(self) -> dict[str, str]:
         return {"configuration": self.name, "prompt sources": " + ".join(self.sources),

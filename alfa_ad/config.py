@@ -6,6 +6,7 @@ No torch here; defaults for the model name live in :mod:`alfa_ad.model.names`.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping
 
@@ -13,6 +14,7 @@ from .model.names import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .presets import PRESETS, preset_fields
 from .scoring.placement import PLACEMENTS, parse_placement
 from .scoring.refine_spec import parse_layers
+from .scoring.window_spec import ALFA_SCALES, parse_strides
 from .registry import ALIGNERS, DEFAULT_ALIGNER, DEFAULT_FEW_SHOT_SCORER, FEW_SHOT_SCORERS, METHODS, PROMPT_SOURCES
 
 
@@ -100,13 +102,17 @@ class DetectorConfig:
         if self.fusion not in ("normalized", "raw"):
             raise ConfigFieldError("fusion", f"must be normalized or raw, got {self.fusion!r}")
         for name in ("scales", "window_strides"):
-            if getattr(self, name) is not None:
-                setattr(self, name, tuple(int(s) for s in getattr(self, name)))
-        if self.window_strides and (min(self.window_strides) < 1 or (
-                self.scales is not None and len(self.window_strides) not in (1, len(self.scales)))):
-            raise ConfigFieldError("window_strides", f"{','.join(map(str, self.window_strides))}: give one stride "
-                                   ">= 1 per scale or one for all"
-                                   + (f" (scales {','.join(map(str, self.scales))})" if self.scales else ""))
+            value = getattr(self, name)
+            if value is not None:
+                try:  # integers (numpy's too), one or several; not text, booleans or fractions
+                    value = (value,) if not isinstance(value, (str, bytes)) and not hasattr(value, "__iter__") else value
+                    if isinstance(value, (str, bytes)) or any(isinstance(v, bool) for v in value):
+                        raise TypeError
+                    value = tuple(operator.index(v) for v in value)
+                except TypeError:
+                    raise ConfigFieldError(name, f"must be integers, e.g. 2,3; got {getattr(self, name)!r}") from None
+                setattr(self, name, value)
+        self._check_strides()
         if self.prompt_sources is not None:
             if isinstance(self.prompt_sources, str):
                 self.prompt_sources = tuple(n.strip() for n in self.prompt_sources.split(",") if n.strip())
@@ -122,6 +128,17 @@ class DetectorConfig:
         self.tile = str(self.tile)
         self.batch_size = parse_batch_size(self.batch_size)
         self.options = dict(self.options)
+
+    def _check_strides(self) -> None:
+        """Window strides against the scales they go with (ALFA's defaults when none are given;
+        another method's defaults are its own check); before any model loads."""
+        scales = self.scales if self.scales is not None else ALFA_SCALES if self.method == "alfa" else None
+        if not self.window_strides or scales is None:
+            return
+        try:
+            parse_strides(self.window_strides, scales)
+        except ValueError as exc:
+            raise ConfigFieldError("window_strides", str(exc).removeprefix("window strides "), str(exc)) from None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists)."""

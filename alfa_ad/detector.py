@@ -58,6 +58,8 @@ class Detector(ReferenceFitting, ClassStates):
         if config is None:
             config = DetectorConfig(**cfg_kwargs)
         elif cfg_kwargs:
+            if {"scales", "preset"} & set(cfg_kwargs) and "window_strides" not in cfg_kwargs:
+                cfg_kwargs["window_strides"] = None  # new scales without strides: stride 1, as for a new config
             config = replace(config, **cfg_kwargs)
         if method_options:
             config = replace(config, options={**config.options, **method_options})

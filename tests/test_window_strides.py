@@ -88,12 +88,26 @@ def test_config_record_and_rebuild(planted_backbone):
     one = Detector(planted_backbone, cache_dir=None, scales=(2, 3), window_strides=(2,))
     assert one.method.head.strides == (2, 2)
     assert Detector(planted_backbone, cache_dir=None, method="winclip").config.window_strides == (1, 1)
-    with pytest.raises(ConfigFieldError, match="window_strides 1,2,3: give one stride"):
+    # checked by the config, before any model loads: count, range, type
+    with pytest.raises(ConfigFieldError, match="window strides 1,2,3: give one stride >= 1 per scale \\(2,3\\)"):
         DetectorConfig(scales=(2, 3), window_strides=(1, 2, 3))
-    with pytest.raises(ValueError, match="window strides 1,2: give one stride >= 1 per scale"):
-        Detector(planted_backbone, cache_dir=None, window_strides=(1, 2))
-    with pytest.raises(ValueError, match="window stride 3 is longer than its window \\(2 patches\\)"):
-        Detector(planted_backbone, cache_dir=None, scales=(2, 3), window_strides=(3,))
+    with pytest.raises(ConfigFieldError, match="window strides 1,2: give one stride >= 1 per scale \\(2,3,4,5\\)"):
+        DetectorConfig(window_strides=(1, 2))  # ALFA's default scales
+    with pytest.raises(ConfigFieldError, match="window stride 3 is longer than its window \\(2 patches\\)"):
+        DetectorConfig(scales=(2, 3), window_strides=(3,))
+    for bad in (True, "2", (2.5,), ("2",)):
+        with pytest.raises(ConfigFieldError, match="window_strides must be integers"):
+            DetectorConfig(window_strides=bad)
+    assert DetectorConfig(window_strides=2).window_strides == (2,)
+    assert DetectorConfig(scales=[np.int64(2), np.int64(3)]).scales == (2, 3)
+    # new scales over a built config: stride 1 again, as for a new one (the old strides were the old scales')
+    paper = Detector(config=det.config, backbone=planted_backbone, cache_dir=None, preset="paper")
+    assert paper.config.window_strides == (1, 1)
+    for scales in ((2, 3), (3, 4, 5, 6)):
+        again = Detector(config=det.config, backbone=planted_backbone, cache_dir=None, scales=scales)
+        assert again.config.window_strides == (1,) * len(scales)
+    again = Detector.from_config(record, backbone=planted_backbone, cache_dir=None, scales=(2, 3), window_strides=2)
+    assert again.config.window_strides == (2, 2)
     with pytest.raises(ValueError, match="anomalib_compat reproduces anomalib's windows at stride 1"):
         Detector(planted_backbone, cache_dir=None, method="winclip", window_strides=(2,),
                  options={"anomalib_compat": True})
@@ -129,7 +143,8 @@ def test_planted_corner_spot_needs_the_flush_edge_window(planted_backbone):
 
 
 def test_cli_and_service_config(tmp_path):
-    from alfa_ad.serve.config import detector_kwargs
+    from alfa_ad.cli.serve import merged_record
+    from alfa_ad.serve.config import ConfigError, detector_kwargs
 
     runner = CliRunner()
     img = tmp_path / "one"
@@ -145,6 +160,23 @@ def test_cli_and_service_config(tmp_path):
     assert config["window_strides"] == [2, 2] and config["detector"]["window_strides"] == [2, 2]
     assert detector_kwargs({"window_strides": "1,2,3,3"})["window_strides"] == (1, 2, 3, 3)
     assert detector_kwargs({"window_strides": 2})["window_strides"] == (2,)
+    for bad in (True, [2.5], "a"):
+        with pytest.raises(ConfigError, match="window_strides: must be integers"):
+            detector_kwargs({"window_strides": bad})
+    with pytest.raises(ConfigError, match="window_strides: patchknn scores patches, not windows"):
+        detector_kwargs({"method": "patchknn", "window_strides": 2})
+    # a CLI --scales over a config file drops the file's strides (they were for the file's scales)
+    cfg = tmp_path / "serve.json"
+    cfg.write_text(json.dumps({"scales": [2, 3, 4, 5], "window_strides": [1, 2, 3, 3]}))
+    assert "window_strides" not in merged_record(cfg, {"scales": "2,3"})
+    assert merged_record(cfg, {})["window_strides"] == [1, 2, 3, 3]
+    # one-line errors before torch loads: what only the method knows, from its registry line
+    for args, message in ((["--method", "patchknn", "--shots", "1", "--normals", str(img)],
+                           "--window-strides: patchknn scores patches"),
+                          (["--method", "winclip", "--anomalib-compat"], "--anomalib-compat reproduces anomalib's")):
+        res = runner.invoke(app, ["run", "--data", str(img), "--out", str(tmp_path / "x"), "--weights", "planted",
+                                  "--window-strides", "2", *args])
+        assert res.exit_code != 0 and message in res.output, res.output
 
 
 def test_manifest_check_reads_old_exports_as_stride_one():

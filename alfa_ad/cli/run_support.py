@@ -71,6 +71,13 @@ def build_detector(method: str, model: Optional[str], pretrained: str, checkpoin
         refine=refine, refine_layers=refine_layers)
     if refine_layers is not None and not refine:
         fail("--refine-layers applies with --refine")
+    if window_strides is not None:  # what the config cannot know without the method
+        from ..registry import METHODS
+
+        if METHODS.declares(method, "patches_only"):
+            fail(f"--window-strides: {method} scores patches, not windows")
+        if anomalib_compat and set(config.window_strides) != {1}:
+            fail("--window-strides: --anomalib-compat reproduces anomalib's windows at stride 1")
     check_detector_options(method, aligner, tile, prompts, learned, anomalib_compat, text, contextual)
     try:  # missing default weights: the one-line error before torch and the model code load
         require_pretrained(model, pretrained, weights, checkpoint)

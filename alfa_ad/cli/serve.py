@@ -22,6 +22,8 @@ def merged_record(config: Optional[Path], cli: dict[str, Any]) -> dict[str, Any]
     if "class_name" in given or "classes" in given:
         record.pop("class_name", None)
         record.pop("classes", None)
+    if ("scales" in given or "preset" in given) and "window_strides" not in given:
+        record.pop("window_strides", None)  # the file's strides belong to the file's scales
     return {**record, **given}
 
 

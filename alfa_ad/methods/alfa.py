@@ -20,25 +20,16 @@ from ..registry import DEFAULT_ALIGNER
 from ..scoring.contextual import DEFAULT_PLACEMENT
 from ..scoring.fewshot import default_memory_layers, image_residual, visual_map
 from ..scoring.fusion import FusionStats, fuse
+from ..scoring.window_spec import ALFA_SCALES, ALFA_STRIDES, default_window_geometry
 from ..scoring.zero_shot import TEMPERATURE
 from .alfa_head import AlfaHead
 from .base import BatchScores, ReferenceBank, ZeroShotFeatures, extract_references
 
 # ALFA's defaults, chosen on the mini-CLIP tables (docs/mini_clip.md, docs/mini_clip_v2.md):
-# windows of 2, 3, 4 and 5 patches every 1, 2, 3 and 3 patches (the wider scales localize
-# better; their strides keep the cost at WinCLIP's 2,3 at stride 1 on a 15 x 15 grid); eq. (4)
+# the windows of scoring/window_spec.py (scales 2, 3, 4, 5 every 1, 2, 3, 3 patches); eq. (4)
 # off (scoring/placement.py); the image-level score as one more term of the map's harmonic
 # mean (global_in_map); smoothing by an eighth of a patch
-DEFAULT_SCALES = (2, 3, 4, 5)
-DEFAULT_STRIDES = (1, 2, 3, 3)
-
-
-def default_window_geometry(grid: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """ALFA's default scales and strides, less the scales larger than the patch grid (a small
-    grid keeps the windows that fit; none fitting is the window geometry's error)."""
-    fits = [(s, t) for s, t in zip(DEFAULT_SCALES, DEFAULT_STRIDES) if s <= min(grid)] or [(DEFAULT_SCALES[0], 1)]
-    return tuple(s for s, _ in fits), tuple(t for _, t in fits)
-
+DEFAULT_SCALES, DEFAULT_STRIDES = ALFA_SCALES, ALFA_STRIDES
 
 __all__ = ["AlfaMethod", "DEFAULT_SCALES", "DEFAULT_STRIDES", "TEXT_PROJECTIONS", "default_memory_layers",
            "default_window_geometry"]

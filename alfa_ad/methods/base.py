@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..registry import FEW_SHOT_SCORERS
 from ..scoring.fewshot import fit_references
 from ..scoring.fusion import FUSIONS, FusionStats
+from ..scoring.window_spec import parse_strides
 from ..scoring.windows import coverage_matrix, make_window_indices
 
 
@@ -46,25 +47,6 @@ class WindowGeometry:
         self.windows = [make_window_indices(grid, s, t) for s, t in zip(self.scales, self.strides)]
         n = grid[0] * grid[1]
         self.covers = [coverage_matrix(w, n) for w in self.windows]
-
-
-def parse_strides(strides: Sequence[int] | int | None, scales: Sequence[int]) -> tuple[int, ...]:
-    """One window stride per scale: None (all 1), one value for every scale, or one per scale."""
-    if strides is None:
-        return (1,) * len(scales)
-    if isinstance(strides, int):
-        strides = (strides,)
-    strides = tuple(int(t) for t in strides)
-    if len(strides) == 1:
-        strides *= len(scales)
-    if len(strides) != len(scales) or min(strides) < 1:
-        raise ValueError(f"window strides {','.join(map(str, strides))}: give one stride >= 1 per scale "
-                         f"({','.join(map(str, scales))}) or one for all")
-    for s, t in zip(scales, strides):
-        if t > s:
-            raise ValueError(f"window stride {t} is longer than its window ({s} patches): the patches between "
-                             "windows would be left uncovered")
-    return strides
 
 
 def upsample(patch_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -66,7 +66,8 @@ def _header(run: RunFolder) -> list[tuple[str, str]]:
             ("pretrained", _text(c.get("pretrained"))), ("method", _text(c.get("method"))),
             ("aligner", _text(c.get("aligner"))), ("prompt sources", _text(c.get("prompt_sources"))),
             ("shots", _text(c.get("shots"))), ("seeds" if seeds else "seed", _text(seeds or c.get("seed"))),
-            ("scales", _text(c.get("scales"))), ("data", _text(c.get("data"))),
+            ("scales", _text(c.get("scales"))), ("window strides", _text(c.get("window_strides"))),
+            ("data", _text(c.get("data"))),
             ("alfa-ad version", _text(run.version)), ("date", _text(run.date))]
     if source.get("file"):
         sha = str(source.get("sha256") or "")

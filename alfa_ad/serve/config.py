@@ -192,14 +192,18 @@ def detector_kwargs(record: dict[str, Any]) -> dict[str, Any]:
     for key in ("scales", "window_strides"):
         if key in kwargs:
             given = kwargs[key]
-            given = [given] if isinstance(given, int) else given
+            given = [given] if isinstance(given, int) and not isinstance(given, bool) else given
             try:
+                if isinstance(given, bool) or any(isinstance(v, (bool, float)) for v in given):
+                    raise TypeError
                 values = [int(v) for v in (given.split(",") if isinstance(given, str) else given) if str(v).strip()]
             except (TypeError, ValueError):
                 raise ConfigError(f"{key}: must be integers, e.g. 2,3; got {kwargs[key]!r}") from None
             if not values or min(values) < 1:
                 raise ConfigError(f"{key}: must be integers >= 1, got {kwargs[key]!r}")
             kwargs[key] = tuple(values)
+    if kwargs.get("window_strides") and METHODS.declares(method, "patches_only"):
+        raise ConfigError(f"window_strides: {method} scores patches, not windows")
     if "batch_size" in kwargs and (not isinstance(kwargs["batch_size"], int) or kwargs["batch_size"] < 1):
         raise ConfigError(f"batch_size: must be an integer >= 1, got {kwargs['batch_size']!r}")
     for key in ("prompts", "checkpoint"):

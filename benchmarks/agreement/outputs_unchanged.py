@@ -9,6 +9,9 @@ unless it is 0.
     python benchmarks/agreement/outputs_unchanged.py --out /tmp/after.npz --with-random
     python benchmarks/agreement/outputs_unchanged.py --compare /tmp/before.npz /tmp/after.npz
 
+``--scales 2,3,4`` gives the ALFA configurations (not WinCLIP's, not a preset's) those
+windows at stride 1, so a change of ALFA's default windows is compared at the old ones.
+
 Uses only the public API (``Detector``, ``fit_normals``, ``predict``), so the same
 script runs at both revisions.  About 25 s on 2 cores (60 s with ``--with-random``).
 """
@@ -59,7 +62,7 @@ def _images(folder: Path):
     return tests + [wide], normals
 
 
-def digest(out: Path, only: list[str] | None) -> None:
+def digest(out: Path, only: list[str] | None, scales: tuple[int, ...] | None = None) -> None:
     import torch
 
     from alfa_ad import Detector
@@ -73,6 +76,8 @@ def digest(out: Path, only: list[str] | None) -> None:
                 continue
             if name.startswith("random") and "--with-random" not in sys.argv:
                 continue
+            if scales and "winclip" not in name and "preset" not in kwargs:  # ALFA's windows, given
+                kwargs = {**kwargs, "scales": scales}
             det = Detector(cache_dir=False, **kwargs)
             if shots:
                 det.fit_normals(normals[:shots])
@@ -113,7 +118,9 @@ if __name__ == "__main__":
     parser.add_argument("--compare", nargs=2, type=Path)
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--with-random", action="store_true", help="also a random ViT-B-16-plus-240 (slow)")
+    parser.add_argument("--scales", default=None, help="window scales for the ALFA configurations (e.g. 2,3,4: "
+                        "a default change compared at the old default's windows; at stride 1)")
     args = parser.parse_args()
     if args.compare:
         sys.exit(compare(*args.compare))
-    digest(args.out, args.only)
+    digest(args.out, args.only, tuple(int(v) for v in args.scales.split(",")) if args.scales else None)
