@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .methods.alfa import DEFAULT_SCALES, DEFAULT_STRIDES
-from .scoring.window_spec import parse_strides
 from .scoring.placement import DEFAULT_PLACEMENT
+from .scoring.window_spec import ALFA_SCALES, ALFA_STRIDES, parse_strides
 
 TEMPLATES, LLM, LEARNED = "template", "llm", "learned"
 
@@ -24,7 +23,7 @@ class AblationConfig:
     sources: tuple[str, ...] = (TEMPLATES, LLM)
     contextual: str = DEFAULT_PLACEMENT  # where eq. (4) applies (scoring/placement.py)
     aligner: str = "masked"
-    scales: tuple[int, ...] = DEFAULT_SCALES
+    scales: tuple[int, ...] = ALFA_SCALES
     text_projection: str = "none"
     global_in_map: bool = True  # the image-level score as one more term of the map's harmonic mean
     refine: bool = False  # anomaly region refinement with the default blocks (scoring/refine.py)
@@ -33,7 +32,7 @@ class AblationConfig:
     @property
     def windows(self) -> tuple[tuple[int, int], ...]:
         """``(scale, stride)`` of each window scale."""
-        default = DEFAULT_STRIDES if self.scales == DEFAULT_SCALES else (1,) * len(self.scales)
+        default = ALFA_STRIDES if self.scales == ALFA_SCALES else None  # given scales: stride 1
         return tuple(zip(self.scales, parse_strides(self.strides or default, self.scales)))
 
     def describe(self) -> dict[str, str]:

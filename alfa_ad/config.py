@@ -105,7 +105,7 @@ class DetectorConfig:
             value = getattr(self, name)
             if value is not None:
                 try:  # integers (numpy's too), one or several; not text, booleans or fractions
-                    value = (value,) if not isinstance(value, (str, bytes)) and not hasattr(value, "__iter__") else value
+                    value = value if hasattr(value, "__iter__") else (value,)
                     if isinstance(value, (str, bytes)) or any(isinstance(v, bool) for v in value):
                         raise TypeError
                     value = tuple(operator.index(v) for v in value)

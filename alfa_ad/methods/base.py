@@ -113,9 +113,9 @@ class Method(Protocol):
     contextual=..., **options)`` (``scales`` and ``contextual`` when the config names
     them, as a run's record always does; ``window_strides`` too when the config names strides
     other than 1, and a method with windows says its strides in a ``window_strides``
-    attribute, one per scale: without it the record says stride 1).  Every tensor handed back is on the CPU; ``text`` is whatever
-    :meth:`prepare_text` returned, on the model's device.  Optional class attributes
-    declare what the method can do (:data:`alfa_ad.registry.TRAITS`, read with
+    attribute, one per scale: without it the record says stride 1).  Every tensor handed
+    back is on the CPU; ``text`` is whatever :meth:`prepare_text` returned, on the model's
+    device.  Optional class attributes declare what the method can do (:data:`alfa_ad.registry.TRAITS`, read with
     :func:`alfa_ad.registry.trait`, named in its registry line too); a ``mutual``
     method also has ``score_together(batches, text, fusion)`` and ``group_size``.
     """
@@ -223,6 +223,13 @@ class PromptFree:
     def prepare_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[int, int]:
         """How many normal and abnormal prompts there are (for the all-False kept masks)."""
         return int(normal.shape[0]), int(abnormal.shape[0])
+
+    @staticmethod
+    def refuse_windows(name: str, scales: Sequence[int], window_strides: Sequence[int]) -> None:
+        """One-line ``ValueError`` when window scales or strides are given to a patch method."""
+        if scales or window_strides:
+            what = f"scales {tuple(scales)}" if scales else f"window strides {tuple(window_strides)}"
+            raise ValueError(f"{name} scores patches, not windows: {what} do not apply")
 
     @staticmethod
     def default_sigma(backbone: Any) -> float:

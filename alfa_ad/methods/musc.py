@@ -97,9 +97,7 @@ class MuscMethod(PromptFree):
     ) -> None:
         """``aligner``, ``few_shot_scorer`` and ``fusion`` are accepted and unused (no windows,
         no references, no text part)."""
-        if scales or window_strides:
-            what = f"scales {tuple(scales)}" if scales else f"window strides {tuple(window_strides)}"
-            raise ValueError(f"musc scores patches, not windows: {what} do not apply")
+        self.refuse_windows("musc", scales, window_strides)
         if contextual not in (None, "off"):
             raise ValueError(f"contextual {contextual!r}: musc has no prompts to adapt (eq. 4 is ALFA's)")
         depth = backbone.depth

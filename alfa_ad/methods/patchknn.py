@@ -113,9 +113,7 @@ class PatchKnnMethod(PromptFree, ReferenceBank):
         part to fuse with, so both fusions give the visual map as it is.  With the residual
         scorer the features are its token sets (``memory_layers``), without its
         image-level residual; ``layer`` then does not apply."""
-        if scales or window_strides:
-            what = f"scales {tuple(scales)}" if scales else f"window strides {tuple(window_strides)}"
-            raise ValueError(f"patchknn scores patches, not windows: {what} do not apply")
+        self.refuse_windows("patchknn", scales, window_strides)
         if contextual not in (None, "off"):
             raise ValueError(f"contextual {contextual!r}: patchknn has no prompts to adapt (eq. 4 is ALFA's)")
         if masking not in MASKINGS:

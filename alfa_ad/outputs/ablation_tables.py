@@ -10,8 +10,8 @@ from typing import Any, Sequence
 from ..io.atomic import atomic_write_text
 from .tables import METRIC_TITLES, METRICS, fmt
 
-DESCRIBE = ("configuration", "prompt sources", "S_c", "aligner", "scales", "window strides", "text projection", "global in map",
-            "refine")
+DESCRIBE = ("configuration", "prompt sources", "S_c", "aligner", "scales", "window strides", "text projection",
+            "global in map", "refine")
 
 
 def _latency(row) -> str:
